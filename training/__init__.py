@@ -1,0 +1,1 @@
+"""genserve's offline half: trains, evaluates and exports generative models."""
