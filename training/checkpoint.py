@@ -1,0 +1,94 @@
+"""Checkpoints: a state dict plus the JSON config to rebuild the model. Never pickled modules.
+
+Layout of a checkpoint directory:
+    weights.pt        torch.save(state_dict); loaded with weights_only=True
+    checkpoint.json   CheckpointInfo: family, config, dataset, split, training record
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+
+from service.manifest import DatasetSpec
+
+from .families import GenerativeModel, build_model
+
+# Sources whose changes change what training produces; checkpoints made by other code
+# are not reused (see `code_fingerprint`).
+_TRAINING_SOURCES = ("families", "data.py", "train.py", "runtime.py")
+
+
+class CheckpointInfo(BaseModel):
+    """Everything needed to rebuild, reuse and describe a trained model."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str
+    conditional: bool
+    dataset: str = Field(description="What was passed to load_dataset (name or path).")
+    spec: DatasetSpec
+    config: dict[str, Any]
+    train: dict[str, Any]
+    split_seed: int
+    split_fractions: dict[str, float]
+    class_prior: list[float] | None = Field(description="p(y) from the training split's labels.")
+    key: str = Field(description="Hash of data, config and training code; equal keys reuse.")
+    record: dict[str, Any] = Field(default_factory=dict, description="Epochs, timings, history.")
+    created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
+    versions: dict[str, str] = Field(
+        default_factory=lambda: {"torch": torch.__version__, "python": platform.python_version()}
+    )
+
+
+def code_fingerprint() -> str:
+    """sha256 over the training sources that determine a trained model."""
+    root = Path(__file__).parent
+    h = hashlib.sha256()
+    for item in _TRAINING_SOURCES:
+        path = root / item
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path]
+        for f in files:
+            h.update(f.relative_to(root).as_posix().encode())
+            h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def run_key(parts: dict[str, Any]) -> str:
+    """Stable hash of a JSON-able description of a training run."""
+    blob = json.dumps(parts, sort_keys=True, default=str).encode()
+    return hashlib.sha256(blob).hexdigest()[:20]
+
+
+def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Path) -> Path:
+    """Write weights and info into `directory` (created if needed)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    torch.save(state, directory / "weights.pt")
+    (directory / "checkpoint.json").write_text(info.model_dump_json(indent=2))
+    return directory
+
+
+def read_info(directory: Path) -> CheckpointInfo:
+    """The checkpoint's JSON description (no weights loaded)."""
+    return CheckpointInfo.model_validate_json((directory / "checkpoint.json").read_text())
+
+
+def load_checkpoint(
+    directory: Path, device: str | torch.device = "cpu"
+) -> tuple[GenerativeModel, CheckpointInfo]:
+    """Rebuild the model from its config and load its weights (safely: tensors only)."""
+    info = read_info(directory)
+    model = build_model(info.family, info.spec, info.conditional, info.config)
+    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
+    model.load_state_dict(state)
+    model.to(device)
+    model.eval()
+    return model, info

@@ -1,0 +1,131 @@
+"""The independent classifier that judges samples: label accuracy and a feature space for FID.
+
+It is trained on the training split only, never sees generated data, and is cached per
+(dataset, split seed) so that every family is judged by the same network.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from service.manifest import DatasetSpec
+
+from .data import ImageDataset, Splits
+from .runtime import seed_everything
+
+
+class Classifier(nn.Module):
+    """Small CNN: three conv blocks, global average pooling, a linear head."""
+
+    def __init__(self, spec: DatasetSpec, width: int = 32) -> None:
+        super().__init__()
+        self.spec = spec
+        C = spec.shape[0]
+        self.body = nn.Sequential(
+            nn.Conv2d(C, width, 3, padding=1),
+            nn.ReLU(),
+            nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
+            nn.ReLU(),
+            nn.Conv2d(2 * width, 4 * width, 3, padding=1, stride=2),
+            nn.ReLU(),
+        )
+        self.dropout = nn.Dropout(0.3)
+        self.head = nn.Linear(4 * width, spec.num_classes)
+
+    def features(self, x: Tensor) -> Tensor:
+        """Integer images [B,C,H,W] -> pooled features [B, 4·width]."""
+        xs = x.to(torch.float32) / (self.spec.levels - 1)
+        return self.body(xs).mean(dim=(2, 3))
+
+    def forward(self, x: Tensor) -> Tensor:
+        """Integer images -> class logits [B, L]."""
+        return self.head(self.dropout(self.features(x)))
+
+    @torch.no_grad()
+    def predict(self, x: Tensor, batch: int = 512) -> Tensor:
+        """Predicted labels [B]."""
+        self.eval()
+        return torch.cat([self(x[i : i + batch]).argmax(1) for i in range(0, len(x), batch)])
+
+    @torch.no_grad()
+    def embed(self, x: Tensor, batch: int = 512) -> np.ndarray:
+        """Features as a float64 array [B, F] (for Fréchet distances)."""
+        self.eval()
+        feats = [self.features(x[i : i + batch]) for i in range(0, len(x), batch)]
+        return torch.cat(feats).double().cpu().numpy()
+
+
+def _shifted(x: Tensor, gen: torch.Generator) -> Tensor:
+    """Random ±1-pixel translations: cheap augmentation that makes the judge robust."""
+    dy, dx = (int(v) for v in torch.randint(-1, 2, (2,), generator=gen))
+    return torch.roll(x, shifts=(dy, dx), dims=(2, 3))
+
+
+def train_classifier(
+    data: ImageDataset, splits: Splits, seed: int = 0, epochs: int = 40, device: str = "cpu"
+) -> tuple[Classifier, dict[str, float]]:
+    """Train on the training split, select the epoch by validation accuracy."""
+    if data.y is None:
+        raise ValueError("the sample-quality classifier needs labelled data")
+    seed_everything(seed)
+    gen = torch.Generator().manual_seed(seed)
+    model = Classifier(data.spec).to(device)
+    x = torch.as_tensor(data.x, device=device)
+    y = torch.as_tensor(data.y, device=device)
+    tr, va = torch.as_tensor(splits.train), torch.as_tensor(splits.validation)
+    opt = torch.optim.Adam(model.parameters(), lr=2e-3)
+    best_acc, best_state = -1.0, {k: v.clone() for k, v in model.state_dict().items()}
+    for _ in range(epochs):
+        model.train()
+        order = tr[torch.randperm(len(tr), generator=gen)]
+        for i in range(0, len(order), 64):
+            idx = order[i : i + 64]
+            loss = F.cross_entropy(model(_shifted(x[idx], gen)), y[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()  # type: ignore[no-untyped-call]
+            opt.step()
+        acc = float((model.predict(x[va]) == y[va]).float().mean())
+        if acc > best_acc:
+            best_acc, best_state = acc, {k: v.clone() for k, v in model.state_dict().items()}
+    model.load_state_dict(best_state)
+    model.eval()
+    te = torch.as_tensor(splits.test)
+    test_acc = float((model.predict(x[te]) == y[te]).float().mean())
+    return model, {"validation_accuracy": best_acc, "test_accuracy": test_acc}
+
+
+def _cache_key(data: ImageDataset, splits: Splits, seed: int) -> str:
+    h = hashlib.sha256()
+    h.update(data.spec.model_dump_json().encode())
+    h.update(np.ascontiguousarray(data.x).tobytes())
+    h.update(splits.train.tobytes())
+    h.update(str(seed).encode())
+    return h.hexdigest()[:16]
+
+
+def load_or_train_classifier(
+    data: ImageDataset, splits: Splits, cache_dir: Path | None, seed: int = 0, device: str = "cpu"
+) -> tuple[Classifier, dict[str, float]]:
+    """The judge for this dataset and split, from `cache_dir` when it was trained before."""
+    key = _cache_key(data, splits, seed)
+    if cache_dir is not None:
+        weights = cache_dir / f"classifier-{data.spec.name}-{key}.pt"
+        info = weights.with_suffix(".json")
+        if weights.exists() and info.exists():
+            model = Classifier(data.spec).to(device)
+            model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+            model.eval()
+            return model, json.loads(info.read_text())
+    model, metrics = train_classifier(data, splits, seed=seed, device=device)
+    if cache_dir is not None:
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        torch.save(model.state_dict(), weights)
+        info.write_text(json.dumps(metrics))
+    return model, metrics

@@ -1,0 +1,96 @@
+"""Glue between the pieces: GAN model selection, evaluating a set of checkpoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from rich.console import Console
+
+from .checkpoint import load_checkpoint, read_info
+from .classifier import Classifier, load_or_train_classifier
+from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
+from .evaluate import (
+    EvaluationReport,
+    baseline_rows,
+    fid_reference,
+    render_report,
+    score_model,
+    split_sizes,
+    write_report,
+)
+from .families import GenerativeModel
+from .quality import draw_samples, frechet_distance
+from .train import Validator
+
+
+def gan_validator(data: ImageDataset, splits: Splits, cache: Path | None, seed: int = 0) -> Validator:
+    """Model selection for GANs on sample quality: FID against the validation images,
+    in the independent classifier's feature space, with the validation labels requested."""
+    classifier, _ = load_or_train_classifier(data, splits, cache, seed=seed)
+    va = splits.validation
+    real = classifier.embed(torch.as_tensor(data.x[va]))
+    labels = torch.as_tensor(data.y[va]) if data.y is not None else None
+
+    def validate(model: GenerativeModel) -> float:
+        y = labels if model.conditional else None
+        fake = draw_samples(model, y, len(va), seed=seed + 1)
+        return frechet_distance(real, classifier.embed(fake))
+
+    return validate
+
+
+def data_for(dataset: str, split_seed: int, fractions: dict[str, float]) -> tuple[ImageDataset, Splits]:
+    """Rebuild exactly the data and split a checkpoint was trained with."""
+    data = load_dataset(dataset)
+    splits = make_splits(data.y, len(data), seed=split_seed, fractions=SplitFractions(**fractions))
+    return data, splits
+
+
+def evaluate_checkpoints(
+    dirs: list[Path], report_path: Path | None, cache: Path | None, console: Console | None = None
+) -> EvaluationReport:
+    """Evaluate checkpoints that share one dataset and split; write and print the report."""
+    infos = [read_info(d) for d in dirs]
+    first = infos[0]
+    for info in infos[1:]:
+        if (info.dataset, info.split_seed, info.split_fractions) != (
+            first.dataset,
+            first.split_seed,
+            first.split_fractions,
+        ):
+            raise ValueError("checkpoints in one report must share their dataset and split")
+    data, splits = data_for(first.dataset, first.split_seed, first.split_fractions)
+    classifier: Classifier | None = None
+    cls_metrics: dict[str, float] = {}
+    if data.y is not None:
+        classifier, cls_metrics = load_or_train_classifier(data, splits, cache, seed=first.split_seed)
+    rows = []
+    for d, info in zip(dirs, infos, strict=True):
+        model, _ = load_checkpoint(d)
+        name = f"{info.family}{'' if info.conditional else ' (uncond)'}"
+        rows.append(
+            score_model(
+                model,
+                name,
+                data,
+                splits,
+                classifier,
+                info.class_prior,
+                training={k: v for k, v in info.record.items() if k != "history"},
+            )
+        )
+    report = EvaluationReport(
+        dataset=data.spec.name,
+        dims=data.spec.dims,
+        split_sizes=split_sizes(splits),
+        split_seed=first.split_seed,
+        classifier=cls_metrics,
+        fid_reference=fid_reference(data, splits, classifier) if classifier is not None else float("nan"),
+        models=rows,
+        baselines=baseline_rows(data, splits, seed=first.split_seed),
+    )
+    if report_path is not None:
+        write_report(report, report_path)
+    render_report(report, console)
+    return report
