@@ -1,0 +1,190 @@
+"""The store contract's schema: what a model version's manifest.json holds.
+
+Both halves use it: `training/` writes manifests, `service/` reads them. It is pydantic
+all the way down, with unknown fields forbidden, so a manifest that drifts from the
+schema fails loudly instead of being half understood.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+
+class StrictModel(BaseModel):
+    """Base for every schema in the contract: no extra fields, immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class DatasetSpec(StrictModel):
+    """What the data looks like, in the client's native units."""
+
+    name: str = Field(description="Dataset name, e.g. 'digits' or a user file's stem.")
+    shape: tuple[int, int, int] = Field(description="One example's shape [C, H, W].")
+    levels: int = Field(ge=2, description="Number of integer grey levels K; values are 0..K-1.")
+    label_names: list[str] | None = Field(
+        default=None, description="Class names by label index; None for unlabelled data."
+    )
+    source: str = Field(default="", description="Where the data came from.")
+
+    @model_validator(mode="after")
+    def _positive_shape(self) -> DatasetSpec:
+        if any(d <= 0 for d in self.shape):
+            raise ValueError(f"shape must be positive, got {self.shape}")
+        return self
+
+    @property
+    def dims(self) -> int:
+        """D, the number of discrete values in one example."""
+        return math.prod(self.shape)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes; 0 when the data carries no labels."""
+        return len(self.label_names) if self.label_names else 0
+
+
+SCHEMA_VERSION = 1
+
+FAMILY_NAMES = ("flow", "vae", "gan", "pixelcnn")
+Family = Literal["flow", "vae", "gan", "pixelcnn"]
+GraphFormat = Literal["onnx", "torchscript"]
+
+# What each family's graphs are called; the service relies on exactly these.
+FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
+    "flow": ("log_prob", "forward", "inverse"),
+    "vae": ("encode", "decode", "log_weights"),
+    "gan": ("generate",),
+    "pixelcnn": ("logits",),
+}
+
+
+class TensorSpec(StrictModel):
+    """One graph input or output: name, dtype and shape (symbolic axes by name)."""
+
+    name: str
+    dtype: Literal["float32", "int64"]
+    shape: list[int | str] = Field(description="Ints are fixed; strings name dynamic axes.")
+
+
+class GraphSpec(StrictModel):
+    """A deterministic graph, exported in each format, with its signature."""
+
+    name: str
+    description: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    files: dict[GraphFormat, str] = Field(description="Format -> file name in the version folder.")
+
+
+class FileEntry(StrictModel):
+    """A file of the version with its digest; the manifest itself is covered by manifest.sha256."""
+
+    path: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    bytes: int = Field(ge=0)
+    format: Literal["onnx", "onnx-data", "torchscript"]
+
+
+class Conditioning(StrictModel):
+    """Whether the model takes labels, and the label prior for marginal likelihoods."""
+
+    conditional: bool
+    class_prior: list[float] | None = Field(
+        description="p(y) from the training split, for log p(x) = log Σ_y p(x|y) p(y)."
+    )
+
+
+class SplitRecord(StrictModel):
+    """The exact data split, so anyone can rebuild the held-out sets (train = the rest)."""
+
+    dataset: str = Field(description="Dataset name or path given to the trainer.")
+    seed: int
+    fractions: dict[str, float]
+    validation: list[int]
+    calibration: list[int]
+    test: list[int]
+
+
+class CalibrationRecord(StrictModel):
+    """In-distribution reference scores for conformal p-values.
+
+    Computed through the exported graphs on the calibration split, which no fitting
+    ever saw. Larger scores are more anomalous for every method.
+    """
+
+    split: Literal["calibration"] = "calibration"
+    size: int
+    created: str
+    estimator: str = Field(description="Likelihood estimator used.")
+    samples: int = Field(ge=1, description="Estimator samples; requests scored for outliers use the same.")
+    default_method: str = Field(description="The outlier method used when a request names none.")
+    log_likelihood: list[float] = Field(description="Per example, nats (marginal for conditional models).")
+    scores: dict[str, list[float]] = Field(description="Method -> per-example scores, marginal likelihood.")
+    scores_given_labels: dict[str, list[float]] | None = Field(
+        default=None, description="Method -> scores with each example's true label (conditional models)."
+    )
+    stats: dict[str, dict[str, float]] = Field(
+        default_factory=dict, description="Method -> summary statistics a score needs (e.g. typical set)."
+    )
+
+
+class TrainingRecord(StrictModel):
+    """How the model was made."""
+
+    config: dict[str, Any]
+    optimizer: dict[str, Any]
+    seed: int
+    duration_s: float
+    epochs: int
+    best_epoch: int
+    stopped: str
+    device: str
+    checkpoint_key: str
+
+
+class Manifest(StrictModel):
+    """manifest.json of one model version: everything needed to serve it with no model code."""
+
+    schema_version: Literal[1]
+    name: str
+    version: int = Field(ge=1)
+    family: Family
+    created: str
+    description: str
+    dataset: DatasetSpec
+    conditioning: Conditioning
+    family_info: dict[str, Any] = Field(description="Latent sizes, estimator, coupling, ...")
+    graphs: list[GraphSpec]
+    files: list[FileEntry]
+    evaluation: dict[str, Any] = Field(description="Held-out test-split report row.")
+    calibration: CalibrationRecord | None = Field(description="None for families without likelihood.")
+    split: SplitRecord
+    training: TrainingRecord
+    versions: dict[str, str] = Field(description="torch, onnx, onnxruntime, genserve, python.")
+    build_key: str = Field(description="Hash of config, data and code; equal keys mean equal builds.")
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        names = [g.name for g in self.graphs]
+        expected = FAMILY_GRAPHS[self.family]
+        if sorted(names) != sorted(expected):
+            raise ValueError(f"a {self.family} model has graphs {list(expected)}, got {names}")
+        listed = {f.path for f in self.files}
+        for g in self.graphs:
+            for fmt, path in g.files.items():
+                if path not in listed:
+                    raise ValueError(f"graph {g.name} ({fmt}) names unlisted file {path!r}")
+        if self.conditioning.conditional and not self.dataset.label_names:
+            raise ValueError("a conditional model needs label names in its dataset spec")
+        return self
+
+    def graph(self, name: str) -> GraphSpec:
+        """The graph called `name`."""
+        for g in self.graphs:
+            if g.name == name:
+                return g
+        raise KeyError(name)

@@ -1,0 +1,334 @@
+"""The model store: versioned, self-describing, hash-verified model folders.
+
+    <root>/<name>/<version>/manifest.json      the Manifest (see service.manifest)
+    <root>/<name>/<version>/manifest.sha256    sha256 of manifest.json
+    <root>/<name>/<version>/<graph>.onnx       one per graph (+ <graph>.onnx.data if external)
+    <root>/<name>/<version>/<graph>.pt         TorchScript, one per graph
+
+A version appears only by an atomic rename of a fully written, fsynced and verified
+staging folder (`.staging-*`, never listed), so a reader never sees half a version and
+a crash leaves nothing that looks complete. Names and versions come from the store's own
+listing; anything that would leave the root is refused. Only ONNX and TorchScript files
+are allowed, and nothing is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import re
+import shutil
+import uuid
+import zipfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from .manifest import FileEntry, Manifest
+
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(?:\.[a-z0-9_-]+)*$")
+MANIFEST = "manifest.json"
+MANIFEST_DIGEST = "manifest.sha256"
+STAGING_PREFIX = ".staging-"
+
+
+class StoreError(Exception):
+    """Base of everything the store refuses or cannot do."""
+
+
+class InvalidNameError(StoreError):
+    """A model name or version that is not a plain store entry (traversal, odd characters)."""
+
+
+class ModelNotFoundError(StoreError):
+    """No such model, or no such version of it."""
+
+
+class IntegrityError(StoreError):
+    """A version failed verification: hashes, allowlist, manifest schema or layout."""
+
+    def __init__(self, where: str, problems: list[str]) -> None:
+        self.where = where
+        self.problems = problems
+        super().__init__(f"{where}: " + "; ".join(problems))
+
+
+def file_format(name: str) -> str | None:
+    """The allowlisted format of a graph file by its name, or None when not allowed."""
+    if name.endswith(".onnx.data"):
+        return "onnx-data"
+    if name.endswith(".onnx"):
+        return "onnx"
+    if name.endswith(".pt"):
+        return "torchscript"
+    return None
+
+
+def sha256_file(path: Path) -> str:
+    """Streaming sha256 of a file."""
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _is_torchscript_archive(path: Path) -> bool:
+    """A TorchScript archive is a zip with compiled code; a pickled state dict is not."""
+    try:
+        with zipfile.ZipFile(path) as zf:
+            return any("/code/" in n or n.startswith("code/") for n in zf.namelist())
+    except zipfile.BadZipFile:
+        return False
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    """A verified, complete model version on disk."""
+
+    name: str
+    version: int
+    path: Path
+    manifest: Manifest
+
+    def file(self, relative: str) -> Path:
+        """Absolute path of one of the version's files (as listed in its manifest)."""
+        return self.path / relative
+
+
+class ModelStore:
+    """Read, verify and publish model versions under one root folder."""
+
+    def __init__(self, root: Path | str) -> None:
+        self.root = Path(root)
+
+    # --- naming and paths ----------------------------------------------------------------
+    @staticmethod
+    def check_name(name: str) -> str:
+        """Refuse anything but a plain entry name ('..', slashes, absolute paths, odd chars)."""
+        if not isinstance(name, str) or not NAME_PATTERN.fullmatch(name) or ".." in name:
+            raise InvalidNameError(f"invalid model name {name!r}")
+        return name
+
+    def _model_dir(self, name: str) -> Path:
+        path = self.root / self.check_name(name)
+        if path.is_symlink():
+            raise InvalidNameError(f"model {name!r} is a symbolic link; refused")
+        resolved_root = self.root.resolve()
+        if not path.resolve().is_relative_to(resolved_root):
+            raise InvalidNameError(f"model {name!r} resolves outside the store")
+        return path
+
+    def _version_dir(self, name: str, version: int) -> Path:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise InvalidNameError(f"invalid version {version!r}")
+        path = self._model_dir(name) / str(version)
+        if path.is_symlink() or not path.resolve().is_relative_to(self.root.resolve()):
+            raise InvalidNameError(f"version {name}/{version} is a link or leaves the store; refused")
+        return path
+
+    # --- listing ---------------------------------------------------------------------------
+    def names(self) -> list[str]:
+        """Model names with at least one complete version."""
+        if not self.root.is_dir():
+            return []
+        out = []
+        for child in sorted(self.root.iterdir()):
+            plain = child.is_dir() and not child.is_symlink() and NAME_PATTERN.fullmatch(child.name)
+            if plain and self.versions(child.name):
+                out.append(child.name)
+        return out
+
+    def versions(self, name: str) -> list[int]:
+        """Complete versions of `name`, ascending (staging folders are never listed)."""
+        folder = self._model_dir(name)
+        if not folder.is_dir():
+            return []
+        found = []
+        for child in folder.iterdir():
+            complete = child.name.isdigit() and child.is_dir() and not child.is_symlink()
+            if complete and (child / MANIFEST).is_file():
+                found.append(int(child.name))
+        return sorted(found)
+
+    def latest(self, name: str) -> int:
+        """The highest complete version of `name`."""
+        versions = self.versions(name)
+        if not versions:
+            raise ModelNotFoundError(f"no model named {name!r} in the store")
+        return versions[-1]
+
+    # --- reading and verifying -----------------------------------------------------------
+    def open(self, name: str, version: int | None = None, verify: bool = True) -> ModelVersion:
+        """Open `name` at `version` (default: latest), verifying every hash unless told not to."""
+        if version is None:
+            version = self.latest(name)
+        path = self._version_dir(name, version)
+        if not (path / MANIFEST).is_file():
+            raise ModelNotFoundError(f"model {name!r} has no version {version}")
+        return self.verify_folder(path, name, version) if verify else self._read(path, name, version)
+
+    def _read(self, path: Path, name: str, version: int) -> ModelVersion:
+        where = f"{name}/{version}"
+        try:
+            manifest = Manifest.model_validate_json((path / MANIFEST).read_bytes())
+        except ValidationError as exc:
+            problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10]]
+            raise IntegrityError(where, ["manifest does not match the schema", *problems]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IntegrityError(where, [f"manifest unreadable ({exc})"]) from None
+        if manifest.name != name or manifest.version != version:
+            raise IntegrityError(
+                where, [f"manifest says {manifest.name}/{manifest.version}, folder is {where}"]
+            )
+        return ModelVersion(name=name, version=version, path=path, manifest=manifest)
+
+    def verify_folder(self, path: Path, name: str, version: int) -> ModelVersion:
+        """Check the manifest digest, schema, allowlist, and every file's size and sha256."""
+        where = f"{name}/{version}"
+        digest_file = path / MANIFEST_DIGEST
+        try:
+            expected = digest_file.read_text().strip()
+        except OSError:
+            raise IntegrityError(where, [f"{MANIFEST_DIGEST} missing"]) from None
+        if sha256_file(path / MANIFEST) != expected:
+            raise IntegrityError(where, ["manifest.json does not match manifest.sha256"])
+        mv = self._read(path, name, version)
+        listed = {f.path: f for f in mv.manifest.files}
+        problems: list[str] = []
+        for child in sorted(path.iterdir()):
+            if child.name in (MANIFEST, MANIFEST_DIGEST):
+                continue
+            if child.is_symlink():
+                problems.append(f"{child.name}: symbolic links are not allowed")
+            elif not child.is_file():
+                problems.append(f"{child.name}: unexpected folder")
+            elif file_format(child.name) is None:
+                problems.append(f"{child.name}: not an allowed format (ONNX or TorchScript only)")
+            elif child.name not in listed:
+                problems.append(f"{child.name}: not listed in the manifest")
+        for entry in listed.values():
+            problems.extend(self._check_entry(path, entry))
+        if problems:
+            raise IntegrityError(where, problems)
+        return mv
+
+    @staticmethod
+    def _check_entry(folder: Path, entry: FileEntry) -> list[str]:
+        if "/" in entry.path or "\\" in entry.path or entry.path.startswith("."):
+            return [f"{entry.path}: file names must be plain"]
+        if file_format(entry.path) != entry.format:
+            return [f"{entry.path}: listed as {entry.format}, which its name does not match"]
+        target = folder / entry.path
+        if not target.is_file() or target.is_symlink():
+            return [f"{entry.path}: missing"]
+        if target.stat().st_size != entry.bytes:
+            return [f"{entry.path}: size {target.stat().st_size} != {entry.bytes}"]
+        if sha256_file(target) != entry.sha256:
+            return [f"{entry.path}: sha256 mismatch"]
+        if entry.format == "torchscript" and not _is_torchscript_archive(target):
+            return [f"{entry.path}: not a TorchScript archive"]
+        return []
+
+    def verify(self, name: str, version: int | None = None) -> ModelVersion:
+        """Verify one version (default latest); raises IntegrityError listing the problems."""
+        return self.open(name, version, verify=True)
+
+    # --- publishing ------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def staging(self, name: str) -> Iterator[Staging]:
+        """A private folder to write a new version into; removed unless committed."""
+        folder = self._model_dir(name)
+        folder.mkdir(parents=True, exist_ok=True)
+        stage = Staging(self, name, folder / f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+        stage.path.mkdir()
+        try:
+            yield stage
+        finally:
+            if stage.path.exists():
+                shutil.rmtree(stage.path, ignore_errors=True)
+
+    def remove_stale_staging(self, name: str) -> int:
+        """Delete staging folders left by crashed publishes; returns how many."""
+        folder = self._model_dir(name)
+        if not folder.is_dir():
+            return 0
+        stale = [c for c in folder.iterdir() if c.name.startswith(STAGING_PREFIX) and c.is_dir()]
+        for c in stale:
+            shutil.rmtree(c, ignore_errors=True)
+        return len(stale)
+
+
+class Staging:
+    """A version being written. Put graph files in `path`, then `commit` the manifest fields."""
+
+    def __init__(self, store: ModelStore, name: str, path: Path) -> None:
+        self.store = store
+        self.name = name
+        self.path = path
+
+    def file_entries(self) -> list[FileEntry]:
+        """Digests of the graph files written so far (only allowlisted files may be here)."""
+        entries = []
+        for child in sorted(self.path.iterdir()):
+            if child.name in (MANIFEST, MANIFEST_DIGEST):
+                continue
+            fmt = file_format(child.name)
+            if fmt is None or not child.is_file() or child.is_symlink():
+                raise IntegrityError(f"{self.name}/staging", [f"{child.name}: not an allowed file"])
+            entries.append(
+                FileEntry(path=child.name, sha256=sha256_file(child), bytes=child.stat().st_size, format=fmt)
+            )
+        return entries
+
+    def commit(self, fields: dict[str, Any], on_step: Callable[[str], None] | None = None) -> ModelVersion:
+        """Hash the files, write and fsync the manifest, verify, and rename into place.
+
+        `fields` is the manifest without `name`, `version` and `files`, which the store
+        fills in. `on_step` is called before each step (used to test interrupted publishes).
+        """
+        step = on_step or (lambda _s: None)
+        step("hash")
+        entries = self.file_entries()
+        for attempt in range(100):
+            version = (self.store.versions(self.name) or [0])[-1] + 1 + attempt
+            step("manifest")
+            manifest = Manifest.model_validate(
+                {**fields, "name": self.name, "version": version, "files": [e.model_dump() for e in entries]}
+            )
+            blob = manifest.model_dump_json(indent=2).encode()
+            (self.path / MANIFEST).write_bytes(blob)
+            (self.path / MANIFEST_DIGEST).write_text(hashlib.sha256(blob).hexdigest() + "\n")
+            step("fsync")
+            for child in self.path.iterdir():
+                with child.open("rb") as fh:
+                    os.fsync(fh.fileno())
+            _fsync_dir(self.path)
+            step("verify")
+            self.store.verify_folder(self.path, self.name, version)
+            step("rename")
+            target = self.store._version_dir(self.name, version)
+            try:
+                # rename(2) onto a non-existent path is atomic; a concurrent publisher
+                # that took this number makes it fail, and we try the next number.
+                os.rename(self.path, target)
+            except OSError:
+                if target.exists():
+                    continue
+                raise
+            _fsync_dir(target.parent)
+            step("done")
+            return self.store._read(target, self.name, version)
+        raise StoreError(f"could not find a free version number for {self.name}")

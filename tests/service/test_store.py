@@ -1,0 +1,238 @@
+"""The model store: publish atomically, verify hashes, refuse what is not allowed."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from service.manifest import SCHEMA_VERSION, Manifest
+from service.store import (
+    MANIFEST,
+    IntegrityError,
+    InvalidNameError,
+    ModelNotFoundError,
+    ModelStore,
+)
+
+
+def write_graph_files(folder: Path) -> None:
+    """A real TorchScript archive and an (opaque to the store) ONNX file."""
+
+    class Gen(torch.nn.Module):
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return z * 2
+
+    torch.jit.save(torch.jit.script(Gen()), str(folder / "generate.pt"))
+    (folder / "generate.onnx").write_bytes(b"\x08\x07onnx-bytes" * 10)
+
+
+def fields(**over: Any) -> dict[str, Any]:
+    """Manifest fields (minus name/version/files) of a small unconditional GAN."""
+    base: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "family": "gan",
+        "created": "2026-01-01T00:00:00+00:00",
+        "description": "test",
+        "dataset": {
+            "name": "toy",
+            "shape": [1, 2, 2],
+            "levels": 4,
+            "label_names": None,
+            "source": "",
+        },
+        "conditioning": {"conditional": False, "class_prior": None},
+        "family_info": {"latent_dim": 2},
+        "graphs": [
+            {
+                "name": "generate",
+                "description": "G",
+                "inputs": [{"name": "z", "dtype": "float32", "shape": ["batch", 2]}],
+                "outputs": [{"name": "x", "dtype": "float32", "shape": ["batch", 1, 2, 2]}],
+                "files": {"onnx": "generate.onnx", "torchscript": "generate.pt"},
+            }
+        ],
+        "evaluation": {},
+        "calibration": None,
+        "split": {
+            "dataset": "toy",
+            "seed": 0,
+            "fractions": {},
+            "validation": [],
+            "calibration": [],
+            "test": [],
+        },
+        "training": {
+            "config": {},
+            "optimizer": {},
+            "seed": 0,
+            "duration_s": 1.0,
+            "epochs": 1,
+            "best_epoch": 1,
+            "stopped": "test",
+            "device": "cpu",
+            "checkpoint_key": "k",
+        },
+        "versions": {},
+        "build_key": "b",
+    }
+    base.update(over)
+    return base
+
+
+def publish(store: ModelStore, name: str = "gan-toy", **over: Any) -> int:
+    with store.staging(name) as stage:
+        write_graph_files(stage.path)
+        return stage.commit(fields(**over)).version
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> ModelStore:
+    return ModelStore(tmp_path / "store")
+
+
+def test_publish_list_open_verify(store: ModelStore) -> None:
+    assert store.names() == []
+    assert publish(store) == 1
+    assert publish(store, build_key="c") == 2
+    assert store.names() == ["gan-toy"]
+    assert store.versions("gan-toy") == [1, 2]
+    latest = store.open("gan-toy")
+    assert latest.version == 2 and latest.manifest.build_key == "c"
+    assert store.open("gan-toy", 1).manifest.build_key == "b"
+    assert {f.path for f in latest.manifest.files} == {"generate.onnx", "generate.pt"}
+    # nothing but the version folders is left behind
+    assert sorted(p.name for p in (store.root / "gan-toy").iterdir()) == ["1", "2"]
+
+
+def test_missing_model_and_version(store: ModelStore) -> None:
+    with pytest.raises(ModelNotFoundError):
+        store.open("nope")
+    publish(store)
+    with pytest.raises(ModelNotFoundError):
+        store.open("gan-toy", 7)
+
+
+@pytest.mark.parametrize("target", ["generate.onnx", "generate.pt", MANIFEST, "manifest.sha256"])
+def test_flipped_byte_is_caught(store: ModelStore, target: str) -> None:
+    publish(store)
+    path = store.root / "gan-toy" / "1" / target
+    blob = bytearray(path.read_bytes())
+    blob[len(blob) // 2] ^= 0x01
+    path.write_bytes(bytes(blob))
+    with pytest.raises(IntegrityError):
+        store.verify("gan-toy", 1)
+
+
+@pytest.mark.parametrize("step", ["hash", "manifest", "fsync", "verify", "rename"])
+def test_interrupted_publish_leaves_no_version(store: ModelStore, step: str) -> None:
+    publish(store)
+
+    def crash(at: str) -> None:
+        if at == step:
+            raise RuntimeError(f"simulated crash at {at}")
+
+    with pytest.raises(RuntimeError, match="simulated"), store.staging("gan-toy") as stage:
+        write_graph_files(stage.path)
+        stage.commit(fields(build_key="new"), on_step=crash)
+    assert store.versions("gan-toy") == [1]
+    assert store.open("gan-toy").manifest.build_key == "b"
+    assert [p.name for p in (store.root / "gan-toy").iterdir()] == ["1"]
+
+
+def test_hard_crash_leftovers_are_invisible_and_collectable(store: ModelStore) -> None:
+    """A killed process leaves its staging folder (even with a manifest); it is never listed."""
+    publish(store)
+    leftover = store.root / "gan-toy" / ".staging-deadbeef"
+    leftover.mkdir()
+    write_graph_files(leftover)
+    (leftover / MANIFEST).write_text("{}")
+    assert store.versions("gan-toy") == [1]
+    assert store.open("gan-toy").version == 1
+    assert store.remove_stale_staging("gan-toy") == 1
+    assert not leftover.exists()
+
+
+@pytest.mark.parametrize(
+    "name", ["..", "../x", "/etc", "a/b", "x/../y", "", "UPPER", ".hidden", "a..b", "a b"]
+)
+def test_traversal_and_odd_names_refused(store: ModelStore, name: str) -> None:
+    with pytest.raises(InvalidNameError):
+        store.open(name)
+
+
+def test_symlinks_out_of_the_store_refused(store: ModelStore, tmp_path: Path) -> None:
+    publish(store)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    os.symlink(outside, store.root / "evil")
+    with pytest.raises(InvalidNameError):
+        store.open("evil")
+    os.symlink(store.root / "gan-toy" / "1", store.root / "gan-toy" / "5")
+    assert store.versions("gan-toy") == [1]  # a linked version is not listed
+    with pytest.raises(InvalidNameError):
+        store.open("gan-toy", 5)
+
+
+def test_non_allowlisted_files_refused(store: ModelStore) -> None:
+    publish(store)
+    (store.root / "gan-toy" / "1" / "weights.pkl").write_bytes(b"\x80\x04K\x01.")
+    with pytest.raises(IntegrityError, match="not an allowed format"):
+        store.verify("gan-toy", 1)
+    with (
+        pytest.raises(IntegrityError, match="not an allowed file"),
+        store.staging("gan-toy") as stage,
+    ):
+        write_graph_files(stage.path)
+        (stage.path / "model.pkl").write_bytes(b"x")
+        stage.commit(fields())
+
+
+def test_pickled_state_dict_disguised_as_torchscript_refused(store: ModelStore) -> None:
+    with (
+        pytest.raises(IntegrityError, match="not a TorchScript archive"),
+        store.staging("gan-toy") as stage,
+    ):
+        write_graph_files(stage.path)
+        torch.save({"w": torch.zeros(2)}, stage.path / "generate.pt")
+        stage.commit(fields())
+    assert store.versions("gan-toy") == []
+
+
+def test_manifest_schema_rejects_missing_and_extra_fields() -> None:
+    good = {**fields(), "name": "gan-toy", "version": 1, "files": []}
+    # the graph names files the list lacks: that alone is an error
+    with pytest.raises(ValidationError, match="unlisted file"):
+        Manifest.model_validate(good)
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    good["files"] = [
+        {"path": "generate.onnx", "format": "onnx", **entry},
+        {"path": "generate.pt", "format": "torchscript", **entry},
+    ]
+    Manifest.model_validate(good)
+    missing = {k: v for k, v in good.items() if k != "family"}
+    with pytest.raises(ValidationError, match="family"):
+        Manifest.model_validate(missing)
+    with pytest.raises(ValidationError, match="surprise"):
+        Manifest.model_validate({**good, "surprise": 1})
+    nested_extra = {**good, "training": {**good["training"], "extra": 1}}
+    with pytest.raises(ValidationError):
+        Manifest.model_validate(nested_extra)
+    wrong_graphs = {**good, "family": "flow"}
+    with pytest.raises(ValidationError, match="a flow model has graphs"):
+        Manifest.model_validate(wrong_graphs)
+
+
+def test_manifest_that_lies_about_its_folder(store: ModelStore) -> None:
+    publish(store)
+    publish(store)
+    # copy version 1 over version 2's folder: hashes match, but the manifest says "1"
+    v1, v2 = store.root / "gan-toy" / "1", store.root / "gan-toy" / "2"
+    for f in v1.iterdir():
+        (v2 / f.name).write_bytes(f.read_bytes())
+    with pytest.raises(IntegrityError, match="folder is gan-toy/2"):
+        store.verify("gan-toy", 2)
