@@ -1,0 +1,191 @@
+"""What every family engine shares: graph calls, labels, noise, categorical draws.
+
+Engines implement each family's serving logic (sampling loops, importance sampling,
+dequantization) purely in terms of the version's graphs, called through a `GraphCaller`
+so that the dynamic batcher can merge concurrent requests' calls.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+from numpy.typing import NDArray
+
+from ..errors import InvalidInputError, UnsupportedOperationError
+from ..manifest import Manifest
+
+Arrays = dict[str, np.ndarray]
+IntImages = NDArray[np.int64]
+CancelCheck = Callable[[], bool]
+
+
+class GraphCaller(Protocol):
+    """Runs one graph of this model version on named inputs (batched along axis 0)."""
+
+    def __call__(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Awaitable[Arrays]: ...
+
+
+@dataclass
+class Likelihood:
+    """Per-row log-likelihoods (nats) and how they were estimated."""
+
+    log_likelihood: NDArray[np.float64]  # [B]
+    estimator: str
+    samples: int
+    marginal: bool = False
+    posterior: NDArray[np.float64] | None = None  # [B, L], p(y | x), when marginalised
+
+
+@dataclass
+class Reconstruction:
+    """Named output arrays of /reconstruct (reconstruction in data units, latents, ...)."""
+
+    arrays: dict[str, np.ndarray] = field(default_factory=dict)
+    description: str = ""
+
+
+def noise_rng(seed: int) -> np.random.Generator:
+    """The per-request generator: all serving noise comes from here."""
+    return np.random.Generator(np.random.PCG64(seed))
+
+
+def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Stable log-softmax in float64."""
+    z = logits.astype(np.float64)
+    z = z - z.max(axis=axis, keepdims=True)
+    return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
+
+
+def categorical_from_uniform(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
+    """Inverse-CDF draw over the last axis, one uniform per draw (same rule as training)."""
+    p = np.exp(log_softmax(logits))
+    cdf = np.cumsum(p, axis=-1)
+    idx = (cdf < u[..., None]).sum(axis=-1)
+    return np.minimum(idx, logits.shape[-1] - 1).astype(np.int64)
+
+
+def discretize(x: np.ndarray, levels: int) -> IntImages:
+    """Continuous values in level units [0, K) -> integer levels 0..K-1."""
+    return np.clip(np.floor(x), 0, levels - 1).astype(np.int64)
+
+
+class Engine:
+    """Base engine: subclasses implement the operations their family admits."""
+
+    family: str = ""
+    can_score: bool = True
+    can_reconstruct: bool = True
+
+    def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
+        self.manifest = manifest
+        self.call = call
+        self.spec = manifest.dataset
+        self.levels = manifest.dataset.levels
+        self.shape = manifest.dataset.shape
+        self.conditional = manifest.conditioning.conditional
+        prior = manifest.conditioning.class_prior
+        self.log_prior = None if prior is None else np.log(np.asarray(prior, dtype=np.float64))
+
+    # --- helpers ---------------------------------------------------------------------------
+    def feeds(self, data: Mapping[str, np.ndarray], labels: np.ndarray | None) -> Arrays:
+        """Graph inputs, with `y` added for a conditional model."""
+        out = dict(data)
+        if self.conditional:
+            assert labels is not None
+            out["y"] = labels.astype(np.int64)
+        return out
+
+    def all_labels(self, rows: int) -> tuple[np.ndarray, np.ndarray]:
+        """Every (row, class) pair: row indices and labels, [rows * L] each."""
+        L = self.spec.num_classes
+        return np.repeat(np.arange(rows), L), np.tile(np.arange(L, dtype=np.int64), rows)
+
+    # --- operations ----------------------------------------------------------------------
+    async def sample(
+        self,
+        n: int,
+        labels: np.ndarray | None,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        cancelled: CancelCheck | None = None,
+    ) -> IntImages:
+        """`n` samples [n, C, H, W] in data units."""
+        raise NotImplementedError
+
+    async def conditional_log_likelihood(
+        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+    ) -> NDArray[np.float64]:
+        """log p(x | y) per row (nats), estimator noise shared by all rows."""
+        self.ensure_can_score()
+        raise NotImplementedError
+
+    def estimator(self, samples: int) -> str:
+        """Human-readable name of the likelihood estimator."""
+        return "exact"
+
+    async def log_likelihood(
+        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+    ) -> Likelihood:
+        """log p(x | y) with labels; for a conditional model without labels, the marginal
+        log p(x) = log Σ_y p(x | y) p(y) and the posterior p(y | x) (Bayes' rule)."""
+        if self.conditional and labels is None:
+            assert self.log_prior is not None
+            rows, labs = self.all_labels(len(x))
+            per = await self.conditional_log_likelihood(x[rows], labs, samples, seed)
+            joint = per.reshape(len(x), -1) + self.log_prior[None, :]
+            top = joint.max(axis=1, keepdims=True)
+            marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
+            posterior = np.exp(joint - marginal[:, None])
+            return Likelihood(marginal, self.estimator(samples), samples, True, posterior)
+        ll = await self.conditional_log_likelihood(x, labels, samples, seed)
+        return Likelihood(ll, self.estimator(samples), samples)
+
+    async def reconstruct(
+        self,
+        x: IntImages,
+        labels: np.ndarray | None,
+        mask: np.ndarray | None,
+        rng: np.random.Generator,
+        cancelled: CancelCheck | None = None,
+    ) -> Reconstruction:
+        """Family-specific reconstruction or completion."""
+        self.ensure_can_reconstruct()
+        raise NotImplementedError
+
+    def ensure_can_score(self) -> None:
+        """422 for families without a tractable likelihood."""
+        if not self.can_score:
+            raise UnsupportedOperationError(
+                f"{self.family} models have no tractable likelihood; score with a flow, VAE or PixelCNN"
+            )
+
+    def ensure_can_reconstruct(self) -> None:
+        """422 for families without an encoder."""
+        if not self.can_reconstruct:
+            raise UnsupportedOperationError(
+                f"{self.family} models have no encoder to reconstruct with; use a VAE, flow or PixelCNN"
+            )
+
+    def check_mask_unsupported(self, mask: np.ndarray | None) -> None:
+        """Families that cannot condition on a mask say so."""
+        if mask is not None:
+            raise InvalidInputError.field(
+                ["mask"], f"masks are supported by pixelcnn models, not {self.family}"
+            )
+
+    def bits_per_dim(self, nats: np.ndarray) -> np.ndarray:
+        """Nats per example -> bits per dimension of the discrete data."""
+        return -nats / (self.spec.dims * math.log(2))
+
+
+def inline_caller(backend: Any) -> GraphCaller:
+    """A GraphCaller that runs graphs directly on `backend` (offline use: calibration, tests)."""
+
+    async def call(graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        return backend.run(graph, inputs)
+
+    return call

@@ -1,0 +1,29 @@
+"""GAN serving: sampling through `generate`. No likelihood, no encoder."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from .base import CancelCheck, Engine, IntImages, discretize
+
+
+class GANEngine(Engine):
+    """Samples only; the base class answers likelihood and reconstruction with a clear 422."""
+
+    family = "gan"
+    can_score = False
+    can_reconstruct = False
+
+    async def sample(
+        self,
+        n: int,
+        labels: np.ndarray | None,
+        rng: np.random.Generator,
+        temperature: float = 1.0,
+        cancelled: CancelCheck | None = None,
+    ) -> IntImages:
+        """x = floor(G(T·z)), z ~ N(0, I)."""
+        dz = int(self.manifest.family_info["latent_dim"])
+        z = rng.standard_normal((n, dz), dtype=np.float32) * np.float32(temperature)
+        out = await self.call("generate", self.feeds({"z": z}, labels))
+        return discretize(out["x"], self.levels)

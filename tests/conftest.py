@@ -1,0 +1,36 @@
+"""Shared fixtures: a tiny but complete model store, built once per test session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+TINY_ZOO: dict[str, dict[str, Any]] = {
+    "flow": {"levels": 2, "steps_per_level": 2, "hidden": 16},
+    "vae": {"latent": 4, "channels": 8, "hidden": 32},
+    "gan": {"latent": 8, "g_channels": 8, "d_channels": 8},
+    "pixelcnn": {"channels": 8, "layers": 2},
+}
+TINY_TRAINING: dict[str, dict[str, Any]] = {f: {"max_epochs": 2, "val_every": 1} for f in TINY_ZOO}
+
+
+@pytest.fixture(scope="session")
+def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with the four families, class-conditional, on digits, trained for 2 epochs.
+
+    Real data, real export and calibration; only the models are tiny. Tests that need
+    trained quality build their own models.
+    """
+    from training.build import build_store
+
+    root = tmp_path_factory.mktemp("store")
+    build_store(
+        root,
+        root.parent / "checkpoints",
+        progress=False,
+        config_overrides=TINY_ZOO,
+        train_overrides=TINY_TRAINING,
+    )
+    return root
