@@ -1,0 +1,275 @@
+"""POST /sample, /log-likelihood and /reconstruct: parse, call the engine, shape the response."""
+
+from __future__ import annotations
+
+import io
+import secrets
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from fastapi.responses import Response
+
+from ..engine import noise_rng
+from ..errors import InvalidInputError, UnsupportedMediaTypeError
+from ..imaging import sample_grid_png
+from ..outliers import outlier_results
+from ..registry import LoadedModel, Registry
+from .parsing import (
+    array_from_json,
+    array_from_npy,
+    check_images,
+    check_mask,
+    check_output_size,
+    parse_json,
+    resolve_labels,
+    validate_model,
+)
+from .schemas import (
+    LogLikelihoodRequest,
+    LogLikelihoodResponse,
+    Problem,
+    ReconstructRequest,
+    ReconstructResponse,
+    SampleRequest,
+    SampleResponse,
+)
+
+router = APIRouter(tags=["generate"])
+NPY = "application/x-npy"
+PROBLEMS: dict[int | str, dict[str, Any]] = {
+    code: {"model": Problem, "content": {"application/problem+json": {}}}
+    for code in (400, 404, 413, 415, 422, 503, 504)
+}
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def _media_type(request: Request) -> str:
+    return request.headers.get("content-type", "").split(";")[0].strip().lower()
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    media = _media_type(request)
+    if media != "application/json" and not media.endswith("+json"):
+        raise UnsupportedMediaTypeError(
+            f"send Content-Type: application/json (got {media or 'none'})"
+            + ("; /log-likelihood and /reconstruct also take application/x-npy" if media else "")
+        )
+    return parse_json(await request.body())
+
+
+def _json(payload: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    return Response(
+        orjson.dumps(payload, option=orjson.OPT_SERIALIZE_NUMPY),
+        media_type="application/json",
+        headers=headers,
+    )
+
+
+def _model_for(request: Request, name: str, version: int | None) -> LoadedModel:
+    model = _registry(request).get(name, version)
+    request.state.model = model.name
+    return model
+
+
+def _npy_bytes(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+@router.post(
+    "/sample",
+    summary="Draw samples",
+    responses={200: {"model": SampleResponse, "content": {"image/png": {}, NPY: {}}}, **PROBLEMS},
+    openapi_extra={
+        "requestBody": {
+            "content": {"application/json": {"schema": SampleRequest.model_json_schema()}},
+            "required": True,
+        }
+    },
+)
+async def sample(request: Request) -> Response:
+    """Samples in data units (JSON), as a labelled PNG grid, or as .npy; with the seed used."""
+    settings = request.app.state.settings
+    req = validate_model(SampleRequest, await _json_body(request))
+    model = _model_for(request, req.model, req.version)
+    spec, engine = model.manifest.dataset, model.engine
+    limit = settings.pixelcnn_max_samples if model.manifest.family == "pixelcnn" else settings.max_samples
+    if req.n > limit:
+        raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
+    check_output_size(req.n, spec.dims, settings.max_output_values, "n")
+    labels = resolve_labels(req.labels, req.n, spec, engine.conditional, model.name)
+    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    rng = noise_rng(seed)
+    if engine.conditional and labels is None:
+        # Unlabelled samples from a conditional model: labels drawn from the class prior,
+        # so the samples follow p(x) = Σ_y p(x|y) p(y); the labels used are returned.
+        prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
+        labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
+    samples = await engine.sample(req.n, labels, rng, req.temperature)
+    request.app.state.metrics.samples.labels(model.name).inc(req.n)
+    headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
+    if req.format == "npy":
+        return Response(_npy_bytes(samples.astype(np.int64)), media_type=NPY, headers=headers)
+    names = spec.label_names
+    if req.format == "png":
+        captions = [names[i] for i in labels] if (labels is not None and names) else None
+        return Response(
+            sample_grid_png(samples, spec.levels, captions), media_type="image/png", headers=headers
+        )
+    return _json(
+        {
+            "model": model.name,
+            "version": model.version.version,
+            "family": model.manifest.family,
+            "seed": seed,
+            "temperature": req.temperature,
+            "shape": list(samples.shape),
+            "levels": spec.levels,
+            "labels": None if labels is None else labels.tolist(),
+            "label_names": None if labels is None or not names else [names[i] for i in labels],
+            "samples": samples,
+        },
+        headers,
+    )
+
+
+async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.ndarray]:
+    """(validated request, raw input array) from a JSON body or an .npy body + query."""
+    if _media_type(request) == NPY:
+        params: dict[str, Any] = dict(request.query_params)
+        for key in ("version", "importance_samples", "seed"):
+            if key in params and params[key].lstrip("-").isdigit():
+                params[key] = int(params[key])
+        if "labels" in params:
+            parts = [p.strip() for p in params["labels"].split(",")]
+            items: list[int | str] = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
+            params["labels"] = items if len(items) > 1 else items[0]
+        params["inputs"] = None
+        req = validate_model(cls, params)
+        return req, array_from_npy(await request.body())
+    body = await _json_body(request)
+    req = validate_model(cls, body)
+    return req, array_from_json(body.get("inputs"), "inputs")
+
+
+@router.post(
+    "/log-likelihood",
+    summary="Score inputs: log-likelihood, bits/dim, label posterior, outlier verdict",
+    responses={200: {"model": LogLikelihoodResponse}, **PROBLEMS},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": LogLikelihoodRequest.model_json_schema()},
+                NPY: {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def log_likelihood(request: Request) -> Response:
+    """Per row: log-likelihood (nats), bits/dim, and an outlier verdict; for a conditional
+    model given no labels, the marginal over labels and the posterior p(y|x)."""
+    settings = request.app.state.settings
+    started = time.perf_counter()
+    req, raw = await _inputs_and_params(request, LogLikelihoodRequest)
+    model = _model_for(request, req.model, req.version)
+    spec, engine, manifest = model.manifest.dataset, model.engine, model.manifest
+    engine.ensure_can_score()
+    x = check_images(raw, spec, "inputs", settings.max_rows)
+    labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
+    default_samples = int(manifest.family_info.get("default_samples", 1) or 1)
+    samples = req.importance_samples or default_samples
+    if samples > settings.max_importance_samples:
+        raise InvalidInputError.field(
+            ["importance_samples"], f"must be at most {settings.max_importance_samples}"
+        )
+    metrics = request.app.state.metrics
+    metrics.stage.labels(model.name, "log-likelihood", "parse").observe(time.perf_counter() - started)
+    computed = time.perf_counter()
+    ll = await engine.log_likelihood(x, labels, samples, req.seed)
+    outliers = await outlier_results(
+        engine, manifest, x, labels, ll, samples, req.alpha, req.outlier_method, req.all_outlier_methods
+    )
+    metrics.stage.labels(model.name, "log-likelihood", "compute").observe(time.perf_counter() - computed)
+    metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
+    bpd = engine.bits_per_dim(ll.log_likelihood)
+    names = spec.label_names or []
+    rows: list[dict[str, Any]] = []
+    for i in range(len(x)):
+        row: dict[str, Any] = {"log_likelihood": float(ll.log_likelihood[i]), "bits_per_dim": float(bpd[i])}
+        if ll.posterior is not None:
+            post = ll.posterior[i]
+            row["label_posterior"] = dict(zip(names, post.tolist(), strict=True))
+            row["predicted_label"] = names[int(post.argmax())]
+        row.update(outliers[i])
+        rows.append(row)
+    return _json(
+        {
+            "model": model.name,
+            "version": model.version.version,
+            "family": manifest.family,
+            "estimator": ll.estimator,
+            "importance_samples": samples,
+            "seed": req.seed,
+            "marginal": ll.marginal,
+            "results": rows,
+        }
+    )
+
+
+@router.post(
+    "/reconstruct",
+    summary="Reconstruct (VAE, flow) or complete masked inputs (PixelCNN)",
+    responses={200: {"model": ReconstructResponse}, **PROBLEMS},
+    openapi_extra={
+        "requestBody": {
+            "content": {
+                "application/json": {"schema": ReconstructRequest.model_json_schema()},
+                NPY: {"schema": {"type": "string", "format": "binary"}},
+            },
+            "required": True,
+        }
+    },
+)
+async def reconstruct(request: Request) -> Response:
+    """VAE: decode(encode(x)) and the latent; flow: the latent and its inverse; PixelCNN:
+    the pixels where `mask` is 0 sampled given the known ones (seeded)."""
+    settings = request.app.state.settings
+    req, raw = await _inputs_and_params(request, ReconstructRequest)
+    model = _model_for(request, req.model, req.version)
+    spec, engine = model.manifest.dataset, model.engine
+    engine.ensure_can_reconstruct()
+    x = check_images(raw, spec, "inputs", settings.max_rows)
+    check_output_size(len(x), 3 * spec.dims, settings.max_output_values, "inputs")
+    mask = check_mask(req.mask, x) if _media_type(request) != NPY else None
+    labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
+    if engine.conditional and labels is None:
+        raise InvalidInputError.field(
+            ["labels"],
+            f"model {model.name} is class-conditional: give a class index or name (per row or for all)",
+        )
+    if model.manifest.family == "pixelcnn" and len(x) > settings.pixelcnn_max_samples:
+        raise InvalidInputError.field(
+            ["inputs"], f"at most {settings.pixelcnn_max_samples} rows for pixelcnn completion"
+        )
+    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    result = await engine.reconstruct(x, labels, mask, noise_rng(seed))
+    request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
+    return _json(
+        {
+            "model": model.name,
+            "version": model.version.version,
+            "family": model.manifest.family,
+            "seed": seed,
+            "description": result.description,
+            "outputs": result.arrays,
+        }
+    )

@@ -1,0 +1,87 @@
+"""GET /models and /models/{name}: what is loaded, and what it can do."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Request
+
+from ..outliers import METHODS
+from ..registry import LoadedModel, Registry
+from .generate import PROBLEMS
+from .schemas import ModelDetail, ModelSummary
+
+router = APIRouter(tags=["models"])
+
+
+def _registry(request: Request) -> Registry:
+    registry: Registry = request.app.state.registry
+    return registry
+
+
+def summary(model: LoadedModel) -> dict[str, Any]:
+    """The fields of ModelSummary."""
+    m = model.manifest
+    return {
+        "name": model.name,
+        "version": model.version.version,
+        "family": m.family,
+        "description": m.description,
+        "conditional": m.conditioning.conditional,
+        "labels": m.dataset.label_names,
+        "data": {
+            "shape": list(m.dataset.shape),
+            "levels": m.dataset.levels,
+            "values": f"integers 0..{m.dataset.levels - 1}",
+            "dataset": m.dataset.name,
+            "source": m.dataset.source,
+        },
+        "capabilities": model.capabilities,
+        "backend": model.backend.name,
+        "device": model.backend.device,
+    }
+
+
+def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
+    """How outlier scores are computed and calibrated for this model."""
+    cal = model.manifest.calibration
+    if cal is None:
+        return None
+    return {
+        "default_method": cal.default_method,
+        "methods": {name: METHODS[name][1] for name in cal.scores if name in METHODS},
+        "p_value": "conformal: (1 + #{calibration scores >= score}) / (n + 1)",
+        "calibration": {
+            "split": cal.split,
+            "size": cal.size,
+            "created": cal.created,
+            "data": model.manifest.split.dataset,
+            "estimator": cal.estimator,
+            "estimator_samples": cal.samples,
+            "given_labels": cal.scores_given_labels is not None,
+        },
+    }
+
+
+@router.get("/models", response_model=list[ModelSummary], summary="List loaded models")
+async def list_models(request: Request) -> list[dict[str, Any]]:
+    """Every loaded model with family, version, data spec, labels, capabilities, backend, device."""
+    return [summary(m) for m in _registry(request).models.values()]
+
+
+@router.get("/models/{name}", response_model=ModelDetail, responses=PROBLEMS, summary="Describe one model")
+async def get_model(name: str, request: Request) -> dict[str, Any]:
+    """A model in detail: graphs, estimator, held-out evaluation, outlier calibration, training."""
+    model = _registry(request).get(name)
+    m = model.manifest
+    return {
+        **summary(model),
+        "graphs": [g.model_dump() for g in m.graphs],
+        "estimator": str(m.family_info.get("estimator", "")),
+        "default_samples": int(m.family_info.get("default_samples", 0) or 0),
+        "evaluation": m.evaluation,
+        "outlier_detection": outlier_description(model),
+        "training": m.training.model_dump(),
+        "versions": m.versions,
+        "created": m.created,
+    }

@@ -1,0 +1,167 @@
+"""Request and response bodies of the HTTP API.
+
+Array fields (`inputs`, `mask`) are declared loosely here and validated with numpy in
+api.parsing: per-element pydantic validation of a 10,000-row array would cost more than
+the model call, and numpy lets the error name the field and the problem precisely.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+Label = int | str
+LabelsField = Label | list[Label] | None
+
+_SEED = Field(default=None, ge=0, le=2**63 - 1, description="Noise seed; the server picks one if absent.")
+
+
+class RequestModel(BaseModel):
+    """Base: unknown fields are an error (a typo should not be silently ignored)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(description="Model name in the store, e.g. 'pixelcnn-digits'.", max_length=128)
+    version: int | None = Field(default=None, ge=1, description="Model version; default the latest loaded.")
+
+
+class SampleRequest(RequestModel):
+    """POST /sample."""
+
+    n: int = Field(default=1, ge=1, description="Number of samples.")
+    labels: LabelsField = Field(
+        default=None, description="Class index or name for all samples, or one per sample."
+    )
+    seed: int | None = _SEED
+    temperature: float = Field(
+        default=1.0, gt=0.0, le=10.0, description="Scales latent noise (softmax temperature for PixelCNN)."
+    )
+    format: Literal["json", "png", "npy"] = "json"
+
+
+class SampleResponse(BaseModel):
+    """Samples in data units (integer levels)."""
+
+    model: str
+    version: int
+    family: str
+    seed: int
+    temperature: float
+    shape: list[int]
+    levels: int
+    labels: list[int] | None
+    label_names: list[str] | None
+    samples: list[Any] = Field(description="Nested lists [n, C, H, W] of integers 0..K-1.")
+
+
+class LogLikelihoodRequest(RequestModel):
+    """POST /log-likelihood (JSON form; an application/x-npy body takes these as query parameters)."""
+
+    inputs: Any = Field(description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1.")
+    labels: LabelsField = Field(default=None, description="Omit for a conditional model to marginalise.")
+    importance_samples: int | None = Field(
+        default=None,
+        ge=1,
+        description="Estimator samples (VAE importance samples, flow dequantization draws).",
+    )
+    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the estimator noise.")
+    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Outlier significance level.")
+    outlier_method: str | None = Field(default=None, description="Outlier score; default the model's.")
+    all_outlier_methods: bool = Field(default=False, description="Report every outlier method.")
+
+
+class OutlierResult(BaseModel):
+    """An outlier verdict for one row."""
+
+    method: str
+    score: float = Field(description="Larger is more anomalous.")
+    p_value: float = Field(description="Conformal p-value against the calibration split.")
+    is_outlier: bool
+    alpha: float
+
+
+class LikelihoodRow(BaseModel):
+    """Per-row result of /log-likelihood."""
+
+    log_likelihood: float = Field(description="Nats per example (an estimate or bound; see estimator).")
+    bits_per_dim: float
+    label_posterior: dict[str, float] | None = Field(
+        default=None, description="p(y | x) by Bayes' rule, for a conditional model given no labels."
+    )
+    predicted_label: str | None = None
+    outlier: OutlierResult | None = None
+    outliers: list[OutlierResult] | None = None
+
+
+class LogLikelihoodResponse(BaseModel):
+    """Likelihoods and outlier verdicts per row."""
+
+    model: str
+    version: int
+    family: str
+    estimator: str
+    importance_samples: int
+    seed: int
+    marginal: bool = Field(description="True when log p(x) was marginalised over the labels.")
+    results: list[LikelihoodRow]
+
+
+class ReconstructRequest(RequestModel):
+    """POST /reconstruct."""
+
+    inputs: Any = Field(description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1.")
+    labels: LabelsField = None
+    mask: Any = Field(
+        default=None, description="Same shape as inputs: 1 = known pixel, 0 = fill in (PixelCNN)."
+    )
+    seed: int | None = _SEED
+
+
+class ReconstructResponse(BaseModel):
+    """Reconstructions (data units) and latents."""
+
+    model: str
+    version: int
+    family: str
+    seed: int
+    description: str
+    outputs: dict[str, list[Any]] = Field(description="Named nested arrays, e.g. reconstruction and latent.")
+
+
+class ModelSummary(BaseModel):
+    """One loaded model, as GET /models lists it."""
+
+    name: str
+    version: int
+    family: str
+    description: str
+    conditional: bool
+    labels: list[str] | None
+    data: dict[str, Any]
+    capabilities: list[str]
+    backend: str
+    device: str
+
+
+class ModelDetail(ModelSummary):
+    """GET /models/{name}: the summary plus evaluation, estimator and calibration facts."""
+
+    graphs: list[dict[str, Any]]
+    estimator: str
+    default_samples: int
+    evaluation: dict[str, Any]
+    outlier_detection: dict[str, Any] | None
+    training: dict[str, Any]
+    versions: dict[str, str]
+    created: str
+
+
+class Problem(BaseModel):
+    """RFC 9457 problem details (application/problem+json)."""
+
+    type: str
+    title: str
+    status: int
+    detail: str
+    errors: list[dict[str, Any]] | None = None

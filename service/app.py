@@ -1,0 +1,132 @@
+"""The FastAPI application: create_app(settings), its lifespan, middleware and routes.
+
+uvicorn --factory service.app:create_app      # settings from GENSERVE_* variables
+genserve serve                                # the same, with a readable start-up
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from . import __version__
+from .api import generate, health, models
+from .api.bodylimit import BodyLimitMiddleware
+from .api.errors import install_error_handlers
+from .config import Settings
+from .inference import InferenceRunner
+from .metrics import Metrics
+from .registry import Registry
+
+log = logging.getLogger("genserve")
+
+_ENDPOINTS = {
+    "/sample",
+    "/log-likelihood",
+    "/reconstruct",
+    "/models",
+    "/health/live",
+    "/health/ready",
+    "/metrics",
+}
+
+
+@dataclass
+class Lifecycle:
+    """Where the server is in its life: starting -> ready -> draining -> stopped."""
+
+    state: str = "starting"
+
+    @property
+    def accepting(self) -> bool:
+        return self.state == "ready"
+
+
+class MetricsMiddleware:
+    """Counts requests and times them, labelled by model, endpoint and status."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        path = scope["path"]
+        endpoint = (
+            path if path in _ENDPOINTS else "/models/{name}" if path.startswith("/models/") else "other"
+        )
+        status = 500
+        start = time.perf_counter()
+
+        async def tap(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, tap)
+        finally:
+            model = scope.get("state", {}).get("model", "-")
+            self.metrics.requests.labels(model, endpoint, str(status)).inc()
+            if endpoint in ("/sample", "/log-likelihood", "/reconstruct"):
+                self.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    """Build the app. The lifespan opens and verifies the store, loads every model into its
+    backend, warms each graph up, and only then reports ready."""
+    settings = settings or Settings()
+    metrics = Metrics()
+    lifecycle = Lifecycle()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        runner = InferenceRunner()
+        registry = Registry(settings, runner, metrics)
+        app.state.registry = registry
+        registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
+        await registry.warm_up()
+        lifecycle.state = "ready" if registry.ready else "degraded"
+        metrics.ready.set(1 if registry.ready else 0)
+        if registry.ready:
+            log.info(
+                "genserve %s ready: %d model(s) from %s",
+                __version__,
+                len(registry.models),
+                settings.model_store,
+            )
+        else:
+            log.error("genserve %s NOT ready: %s", __version__, registry.failures)
+        try:
+            yield
+        finally:
+            lifecycle.state = "stopped"
+            metrics.ready.set(0)
+            runner.shutdown()
+            registry.close()
+
+    app = FastAPI(
+        title="genserve",
+        version=__version__,
+        summary="Deep generative models over HTTP: sample, score (with outlier verdicts), reconstruct.",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.metrics = metrics
+    app.state.lifecycle = lifecycle
+    install_error_handlers(app)
+    app.include_router(generate.router)
+    app.include_router(models.router)
+    app.include_router(health.router)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app

@@ -1,0 +1,50 @@
+"""Prometheus metrics: one registry per app, so several apps (tests) never collide."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+
+
+class Metrics:
+    """The service's counters, histograms and gauges."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "genserve_requests",
+            "HTTP requests by model, endpoint and status code.",
+            ["model", "endpoint", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "genserve_request_latency_seconds",
+            "End-to-end request latency.",
+            ["model", "endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.stage = Histogram(
+            "genserve_stage_seconds",
+            "Time per request stage: parse, queue, compute, serialize.",
+            ["model", "endpoint", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.samples = Counter("genserve_samples", "Samples produced.", ["model"], registry=self.registry)
+        self.rows_scored = Counter(
+            "genserve_rows_scored",
+            "Input rows scored or reconstructed.",
+            ["model", "endpoint"],
+            registry=self.registry,
+        )
+        self.model_info = Gauge(
+            "genserve_model_info",
+            "Loaded models (value 1) with their version, family, backend and device.",
+            ["model", "version", "family", "backend", "device"],
+            registry=self.registry,
+        )
+        self.ready = Gauge(
+            "genserve_ready", "1 when every model is loaded and warmed up.", registry=self.registry
+        )

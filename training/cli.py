@@ -1,0 +1,326 @@
+"""`genserve` command line: train, evaluate, export, build-store, store, serve."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+
+app = typer.Typer(
+    help="genserve: train, evaluate, export and serve deep generative models.",
+    no_args_is_help=True,
+    pretty_exceptions_show_locals=False,
+)
+console = Console()
+
+DEFAULT_CHECKPOINTS = Path("checkpoints")
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """`key=value` pairs -> dict; values parsed as JSON when they can be (numbers, lists)."""
+    out: dict[str, Any] = {}
+    for pair in pairs or []:
+        if "=" not in pair:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        key, raw = pair.split("=", 1)
+        try:
+            out[key.strip()] = json.loads(raw)
+        except json.JSONDecodeError:
+            out[key.strip()] = raw
+    return out
+
+
+def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, seed: int) -> Path:
+    """Where `train` puts a run by default: checkpoints/<family>-<dataset>[-uncond]-s<seed>."""
+    name = Path(dataset).stem if dataset.endswith(".npz") else dataset
+    return root / f"{family}-{name}{'' if conditional else '-uncond'}-s{seed}"
+
+
+@app.command()
+def train(
+    family: Annotated[str, typer.Option(help="flow | vae | gan | pixelcnn")],
+    dataset: Annotated[str, typer.Option(help="digits | mnist5k | path/to/data.npz")] = "digits",
+    conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
+    seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and noise.")] = 0,
+    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock cap on training.")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Architecture override key=value (repeatable).")
+    ] = None,
+    train_set: Annotated[
+        list[str] | None, typer.Option("--train-set", help="Optimiser override key=value (repeatable).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option(help="Checkpoint directory.")] = None,
+    checkpoints: Annotated[
+        Path, typer.Option(help="Root for default checkpoint paths.")
+    ] = DEFAULT_CHECKPOINTS,
+    device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+) -> None:
+    """Train one model and write its checkpoint (state dict + JSON config)."""
+    from .train import train_run
+
+    train_overrides = parse_overrides(train_set)
+    if max_minutes is not None:
+        train_overrides["max_minutes"] = max_minutes
+    if epochs is not None:
+        train_overrides["max_epochs"] = epochs
+    target = out or checkpoint_path(checkpoints, family, dataset, conditional, seed)
+    validator = None
+    if family == "gan":
+        validator = _gan_validator(dataset, seed, checkpoints)
+    result = train_run(
+        family,
+        dataset,
+        conditional,
+        seed,
+        config_overrides=parse_overrides(set_),
+        train_overrides=train_overrides,
+        device=device,
+        checkpoint_dir=target,
+        validator=validator,
+    )
+    rec = result.info.record
+    console.print(
+        f"[green]trained[/] {family} on {result.data.spec.name}: "
+        f"best validation {rec['best_validation']:.4f} at epoch {rec['best_epoch']} "
+        f"({rec['stopped']}, {rec['duration_s']:.0f}s) -> {target}"
+    )
+
+
+def _gan_validator(dataset: str, seed: int, cache: Path) -> Any:
+    from .data import load_dataset, make_splits
+    from .pipeline import gan_validator
+
+    data = load_dataset(dataset)
+    splits = make_splits(data.y, len(data), seed=seed)
+    return gan_validator(data, splits, cache, seed)
+
+
+@app.command()
+def evaluate(
+    checkpoint: Annotated[
+        list[Path] | None, typer.Option(help="Checkpoint directories (repeatable).")
+    ] = None,
+    family: Annotated[list[str] | None, typer.Option(help="Evaluate default checkpoints of these.")] = None,
+    dataset: Annotated[str, typer.Option()] = "digits",
+    conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+    checkpoints: Annotated[Path, typer.Option()] = DEFAULT_CHECKPOINTS,
+    report: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(
+        "reports/evaluation.json"
+    ),
+) -> None:
+    """Score checkpoints on the test split beside classical baselines; print and save a report."""
+    from .pipeline import evaluate_checkpoints
+
+    dirs = list(checkpoint or [])
+    for fam in family or ([] if dirs else ["flow", "vae", "gan", "pixelcnn"]):
+        dirs.append(checkpoint_path(checkpoints, fam, dataset, conditional, seed))
+    missing = [d for d in dirs if not (d / "checkpoint.json").exists()]
+    if missing:
+        raise typer.BadParameter(
+            f"no checkpoint at {', '.join(map(str, missing))}; run `genserve train` first"
+        )
+    evaluate_checkpoints(dirs, report, checkpoints, console)
+    console.print(f"report written to {report}")
+
+
+def _store_root(store: Path | None) -> Path:
+    from service.config import Settings
+
+    return store or Settings().model_store
+
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", help="Model store root (default: $GENSERVE_MODEL_STORE or model_store)."),
+]
+
+
+@app.command("build-store")
+def build_store_cmd(
+    store: StoreOption = None,
+    checkpoints: Annotated[Path, typer.Option(help="Checkpoint cache.")] = DEFAULT_CHECKPOINTS,
+    dataset: Annotated[str, typer.Option()] = "digits",
+    family: Annotated[list[str] | None, typer.Option(help="Families to build (default: all four).")] = None,
+    conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
+    seed: Annotated[int, typer.Option()] = 0,
+) -> None:
+    """Train (or reuse), evaluate, export and publish the default zoo; does nothing if up to date."""
+    import time
+
+    from rich.table import Table
+
+    from .build import DEFAULT_FAMILIES, build_store
+
+    start = time.monotonic()
+    root = _store_root(store)
+    outcomes = build_store(
+        root, checkpoints, dataset, tuple(family or DEFAULT_FAMILIES), conditional, seed, console=console
+    )
+    table = Table(title=f"model store {root}")
+    for col in ("model", "version", "action", "trained", "seconds"):
+        table.add_column(col)
+    for o in outcomes:
+        table.add_row(o.name, str(o.version), o.action, "yes" if o.trained else "no", f"{o.seconds:.0f}")
+    console.print(table)
+    console.print(f"build-store finished in {time.monotonic() - start:.0f}s")
+
+
+@app.command()
+def export(
+    checkpoint: Annotated[Path, typer.Option(help="Checkpoint directory to export.")],
+    store: StoreOption = None,
+    name: Annotated[str | None, typer.Option(help="Store name (default <family>-<dataset>).")] = None,
+    checkpoints: Annotated[Path, typer.Option(help="Classifier cache.")] = DEFAULT_CHECKPOINTS,
+) -> None:
+    """Evaluate a checkpoint, export its graphs (ONNX + TorchScript, parity-checked), publish."""
+    from .build import export_checkpoint
+
+    version = export_checkpoint(checkpoint, _store_root(store), checkpoints, name)
+    console.print(f"[green]published[/] {version.name} v{version.version} -> {version.path}")
+
+
+store_app = typer.Typer(help="Inspect and verify the model store.", no_args_is_help=True)
+app.add_typer(store_app, name="store")
+
+
+@store_app.command("list")
+def store_list(store: StoreOption = None) -> None:
+    """Models and versions in the store."""
+    from rich.table import Table
+
+    from service.store import ModelStore, StoreError
+
+    ms = ModelStore(_store_root(store))
+    table = Table(title=str(ms.root))
+    for col in ("model", "versions", "family", "test bpd", "created"):
+        table.add_column(col)
+    for model in ms.names():
+        try:
+            m = ms.open(model, verify=False).manifest
+            bpd = m.evaluation.get("test_bpd")
+            table.add_row(
+                model,
+                ", ".join(map(str, ms.versions(model))),
+                m.family,
+                "—" if bpd is None else f"{bpd:.3f}",
+                m.created,
+            )
+        except StoreError as exc:
+            table.add_row(model, ", ".join(map(str, ms.versions(model))), "?", "?", f"unreadable: {exc}")
+    console.print(table)
+
+
+@store_app.command("show")
+def store_show(
+    name: str,
+    version: Annotated[int | None, typer.Option()] = None,
+    store: StoreOption = None,
+    full: Annotated[bool, typer.Option(help="Include split indices and calibration scores.")] = False,
+) -> None:
+    """Print a version's manifest (summarised unless --full)."""
+    from service.store import ModelStore
+
+    mv = ModelStore(_store_root(store)).open(name, version, verify=False)
+    data = mv.manifest.model_dump(mode="json")
+    if not full:
+        for key in ("validation", "calibration", "test"):
+            data["split"][key] = f"<{len(data['split'][key])} indices>"
+        if data.get("calibration"):
+            for key in ("log_likelihood",):
+                data["calibration"][key] = f"<{len(data['calibration'][key])} values>"
+            for table in ("scores", "scores_given_labels"):
+                if data["calibration"].get(table):
+                    data["calibration"][table] = {
+                        k: f"<{len(v)} values>" for k, v in data["calibration"][table].items()
+                    }
+    console.print_json(json.dumps(data))
+
+
+@store_app.command("verify")
+def store_verify(
+    name: Annotated[str | None, typer.Argument(help="One model (default: all).")] = None,
+    store: StoreOption = None,
+) -> None:
+    """Check every file's sha256, the manifest schema and the allowlist; exit 1 on any problem."""
+    from service.store import ModelStore, StoreError
+
+    ms = ModelStore(_store_root(store))
+    bad = 0
+    for model in [name] if name else ms.names():
+        for v in ms.versions(model):
+            try:
+                ms.verify(model, v)
+                console.print(f"[green]ok[/]   {model}/{v}")
+            except StoreError as exc:
+                bad += 1
+                console.print(f"[red]FAIL[/] {model}/{v}: {exc}")
+    if bad:
+        raise typer.Exit(1)
+
+
+@app.command()
+def serve(
+    store: StoreOption = None,
+    host: Annotated[str | None, typer.Option(help="Default $GENSERVE_HOST or 127.0.0.1.")] = None,
+    port: Annotated[int | None, typer.Option(help="Default $GENSERVE_PORT or 8000.")] = None,
+    backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript")] = None,
+    device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    build: Annotated[
+        bool, typer.Option("--build/--no-build", help="Build the default store if empty.")
+    ] = True,
+    checkpoints: Annotated[Path, typer.Option()] = DEFAULT_CHECKPOINTS,
+) -> None:
+    """Serve the store over HTTP (building the default zoo first if the store is empty)."""
+    import uvicorn
+
+    from service.app import create_app
+    from service.config import Settings
+    from service.runtime import DeviceUnavailableError, resolve_device
+    from service.store import ModelStore
+
+    overrides: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "model_store": store,
+            "host": host,
+            "port": port,
+            "backend": backend,
+            "device": device,
+        }.items()
+        if v is not None
+    }
+    settings = Settings(**overrides)
+    try:
+        where = resolve_device(settings.backend, settings.device)
+    except DeviceUnavailableError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if build and not ModelStore(settings.model_store).names():
+        from .build import build_store
+
+        console.print(f"model store {settings.model_store} is empty: building the default models first")
+        build_store(settings.model_store, checkpoints, console=console)
+    console.print(
+        f"serving {settings.model_store} with {settings.backend} on {where} at http://{settings.host}:{settings.port}"
+    )
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=30,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()
