@@ -24,6 +24,7 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     trained quality build their own models.
     """
     from training.build import build_store
+    from training.evaluate import EvalSettings
 
     root = tmp_path_factory.mktemp("store")
     build_store(
@@ -32,5 +33,11 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
         config_overrides=TINY_ZOO,
         train_overrides=TINY_TRAINING,
+        eval_settings=EvalSettings(
+            samples={"vae": 8, "flow": 2, "pixelcnn": 1},
+            marginal_samples={"vae": 4, "flow": 1, "pixelcnn": 1},
+            quality_per_class=5,
+            classifier_epochs=2,
+        ),
     )
     return root

@@ -27,7 +27,7 @@ from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
 from .checkpoint import CheckpointInfo, load_checkpoint, read_info, run_key
 from .classifier import load_or_train_classifier
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
-from .evaluate import ModelScores, score_model
+from .evaluate import EvalSettings, ModelScores, score_model
 from .export import export_graphs
 from .families import GenerativeModel, default_config
 from .pipeline import data_for, gan_validator
@@ -207,11 +207,15 @@ def evaluate_and_publish(
     splits: Splits,
     cache: Path | None,
     build_key: str,
+    settings: EvalSettings | None = None,
 ) -> ModelVersion:
     """Score on the test split (with the cached judge), then export and publish."""
+    settings = settings or EvalSettings()
     classifier = None
     if data.y is not None:
-        classifier, _ = load_or_train_classifier(data, splits, cache, seed=info.split_seed)
+        classifier, _ = load_or_train_classifier(
+            data, splits, cache, seed=info.split_seed, epochs=settings.classifier_epochs
+        )
     evaluation = score_model(
         model,
         name,
@@ -220,6 +224,7 @@ def evaluate_and_publish(
         classifier,
         info.class_prior,
         training={k: v for k, v in info.record.items() if k != "history"},
+        settings=settings,
     )
     try:
         return publish_model(store, name, model, info, data, splits, evaluation, build_key)
@@ -249,6 +254,7 @@ def build_store(
     progress: bool = True,
     config_overrides: dict[str, dict[str, Any]] | None = None,
     train_overrides: dict[str, dict[str, Any]] | None = None,
+    eval_settings: EvalSettings | None = None,
 ) -> list[BuildOutcome]:
     """Build (or confirm) one store version per family; returns what was done.
 
@@ -285,7 +291,10 @@ def build_store(
             model, info = load_checkpoint(ckpt)
             console.print(f"reusing checkpoint {ckpt}")
         else:
-            validator = gan_validator(data, splits, checkpoints, seed) if family == "gan" else None
+            validator = None
+            if family == "gan":
+                epochs = (eval_settings or EvalSettings()).classifier_epochs
+                validator = gan_validator(data, splits, checkpoints, seed, epochs)
             result = train_run(
                 family,
                 dataset,
@@ -300,7 +309,9 @@ def build_store(
             )
             model, info = result.model, result.info
             trained = True
-        version = evaluate_and_publish(store, name, model, info, data, splits, checkpoints, build_key)
+        version = evaluate_and_publish(
+            store, name, model, info, data, splits, checkpoints, build_key, eval_settings
+        )
         elapsed = time.monotonic() - start
         console.print(f"[green]published[/] {name} v{version.version} in {elapsed:.0f}s")
         outcomes.append(BuildOutcome(name, "published", version.version, elapsed, trained))

@@ -101,20 +101,25 @@ def train_classifier(
     return model, {"validation_accuracy": best_acc, "test_accuracy": test_acc}
 
 
-def _cache_key(data: ImageDataset, splits: Splits, seed: int) -> str:
+def _cache_key(data: ImageDataset, splits: Splits, seed: int, epochs: int) -> str:
     h = hashlib.sha256()
     h.update(data.spec.model_dump_json().encode())
     h.update(np.ascontiguousarray(data.x).tobytes())
     h.update(splits.train.tobytes())
-    h.update(str(seed).encode())
+    h.update(f"{seed}/{epochs}".encode())
     return h.hexdigest()[:16]
 
 
 def load_or_train_classifier(
-    data: ImageDataset, splits: Splits, cache_dir: Path | None, seed: int = 0, device: str = "cpu"
+    data: ImageDataset,
+    splits: Splits,
+    cache_dir: Path | None,
+    seed: int = 0,
+    device: str = "cpu",
+    epochs: int = 40,
 ) -> tuple[Classifier, dict[str, float]]:
     """The judge for this dataset and split, from `cache_dir` when it was trained before."""
-    key = _cache_key(data, splits, seed)
+    key = _cache_key(data, splits, seed, epochs)
     if cache_dir is not None:
         weights = cache_dir / f"classifier-{data.spec.name}-{key}.pt"
         info = weights.with_suffix(".json")
@@ -123,7 +128,7 @@ def load_or_train_classifier(
             model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
             model.eval()
             return model, json.loads(info.read_text())
-    model, metrics = train_classifier(data, splits, seed=seed, device=device)
+    model, metrics = train_classifier(data, splits, seed=seed, epochs=epochs, device=device)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         torch.save(model.state_dict(), weights)

@@ -34,6 +34,8 @@ LIKELIHOOD_RTOL = 1e-4  # log-likelihoods: relative
 VALUE_ATOL = 1e-4  # samples, latents, reconstructions, logits: absolute
 
 log = logging.getLogger("genserve.export")
+# The exporter warns on every export that torchvision's ops are not registered; noise here.
+logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
 
 
 class ExportError(RuntimeError):

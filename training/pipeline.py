@@ -24,10 +24,12 @@ from .quality import draw_samples, frechet_distance
 from .train import Validator
 
 
-def gan_validator(data: ImageDataset, splits: Splits, cache: Path | None, seed: int = 0) -> Validator:
+def gan_validator(
+    data: ImageDataset, splits: Splits, cache: Path | None, seed: int = 0, classifier_epochs: int = 40
+) -> Validator:
     """Model selection for GANs on sample quality: FID against the validation images,
     in the independent classifier's feature space, with the validation labels requested."""
-    classifier, _ = load_or_train_classifier(data, splits, cache, seed=seed)
+    classifier, _ = load_or_train_classifier(data, splits, cache, seed=seed, epochs=classifier_epochs)
     va = splits.validation
     real = classifier.embed(torch.as_tensor(data.x[va]))
     labels = torch.as_tensor(data.y[va]) if data.y is not None else None

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 import torch
 from scipy import linalg
@@ -15,7 +17,9 @@ def frechet_distance(a: np.ndarray, b: np.ndarray) -> float:
     """Fréchet distance between Gaussians fitted to two feature sets [N, F] and [M, F]."""
     mu_a, mu_b = a.mean(0), b.mean(0)
     cov_a, cov_b = np.cov(a, rowvar=False), np.cov(b, rowvar=False)
-    root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
+    with warnings.catch_warnings():  # near-singular products are handled just below
+        warnings.simplefilter("ignore")
+        root, _ = linalg.sqrtm(cov_a @ cov_b, disp=False)
     if not np.isfinite(root).all():
         # Near-singular product: regularise both covariances slightly and retry.
         eps = 1e-6 * np.eye(len(cov_a))

@@ -1,0 +1,482 @@
+"""The HTTP API end to end (httpx against the ASGI app, lifespan included) on a tiny store."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.app import create_app
+from service.config import Settings
+from training.data import load_dataset
+
+FAMILIES = ["flow", "vae", "gan", "pixelcnn"]
+LIKELIHOOD = ["flow", "vae", "pixelcnn"]
+
+
+class Client:
+    """A synchronous facade over an ASGI app with its lifespan running on a private loop."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.app = create_app(settings)
+        self._ctx = self.app.router.lifespan_context(self.app)
+        self.loop.run_until_complete(self._ctx.__aenter__())
+        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test")
+
+    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
+        return self.loop.run_until_complete(self.http.request(method, url, **kw))
+
+    def post(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("POST", url, **kw)
+
+    def get(self, url: str, **kw: Any) -> httpx.Response:
+        return self.request("GET", url, **kw)
+
+    def close(self) -> None:
+        self.loop.run_until_complete(self.http.aclose())
+        self.loop.run_until_complete(self._ctx.__aexit__(None, None, None))
+        self.loop.close()
+
+
+@pytest.fixture(scope="module")
+def client(tiny_store: Path) -> Iterator[Client]:
+    c = Client(Settings(model_store=tiny_store))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def ts_client(tiny_store: Path) -> Iterator[Client]:
+    c = Client(Settings(model_store=tiny_store, backend="torchscript"))
+    yield c
+    c.close()
+
+
+@pytest.fixture(scope="module")
+def digits() -> np.ndarray:
+    return load_dataset("digits").x[:6, 0]  # [6, 8, 8]
+
+
+def model(family: str) -> str:
+    return f"{family}-digits"
+
+
+def assert_problem(r: httpx.Response, status: int, field: str | None = None) -> dict[str, Any]:
+    assert r.status_code == status, r.text
+    assert r.headers["content-type"].startswith("application/problem+json")
+    body = r.json()
+    assert {"type", "title", "status", "detail"} <= body.keys()
+    assert body["status"] == status
+    if field is not None:
+        assert field in body["detail"]
+        assert any(field in map(str, e["loc"]) for e in body.get("errors", [])), body
+    return body
+
+
+# --- models and health ------------------------------------------------------------------
+
+
+def test_health_and_models(client: Client) -> None:
+    assert client.get("/health/live").json() == {"status": "live"}
+    ready = client.get("/health/ready")
+    assert ready.status_code == 200
+    assert ready.json()["ready"] is True
+    listed = {m["name"]: m for m in client.get("/models").json()}
+    assert set(listed) == {model(f) for f in FAMILIES}
+    for m in listed.values():
+        assert m["device"] == "cpu"
+        assert m["backend"] == "onnxruntime"
+        assert m["labels"] == [str(i) for i in range(10)]
+        assert m["data"]["shape"] == [1, 8, 8]
+    assert listed[model("gan")]["capabilities"] == ["sample"]
+    assert listed[model("vae")]["capabilities"] == ["sample", "log-likelihood", "reconstruct"]
+    detail = client.get(f"/models/{model('pixelcnn')}").json()
+    assert detail["outlier_detection"]["calibration"]["size"] > 100
+    assert "test_bpd" in detail["evaluation"]
+    assert_problem(client.get("/models/nope"), 404)
+
+
+def test_metrics_exposes_requests_and_models(client: Client) -> None:
+    client.post("/sample", json={"model": model("gan"), "n": 2})
+    text = client.get("/metrics").text
+    assert 'genserve_requests_total{endpoint="/sample",model="gan-digits",status="200"}' in text
+    assert 'genserve_model_info{backend="onnxruntime",device="cpu",family="gan"' in text
+    assert "genserve_samples_total" in text
+    assert "genserve_request_latency_seconds_bucket" in text
+
+
+# --- /sample ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_json_units_labels_and_seed(client: Client, family: str) -> None:
+    body = {"model": model(family), "n": 4, "labels": [0, "3", 7, "9"], "seed": 42}
+    r = client.post("/sample", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    x = np.asarray(out["samples"])
+    assert x.shape == (4, 1, 8, 8)
+    assert np.issubdtype(x.dtype, np.integer)
+    assert 0 <= x.min() <= x.max() <= 16
+    assert out["labels"] == [0, 3, 7, 9]
+    assert out["label_names"] == ["0", "3", "7", "9"]
+    assert out["seed"] == 42
+    again = client.post("/sample", json=body).json()
+    assert again["samples"] == out["samples"]
+    other = client.post("/sample", json={**body, "seed": 43}).json()
+    assert other["samples"] != out["samples"] or family == "gan"
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_sample_png_and_npy(client: Client, family: str) -> None:
+    r = client.post("/sample", json={"model": model(family), "n": 5, "format": "png", "labels": 2, "seed": 1})
+    assert r.status_code == 200
+    assert r.headers["content-type"] == "image/png"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.width > 64
+    assert img.height > 64
+    r = client.post("/sample", json={"model": model(family), "n": 3, "format": "npy", "seed": 1})
+    assert r.headers["content-type"] == "application/x-npy"
+    arr = np.load(io.BytesIO(r.content))
+    assert arr.shape == (3, 1, 8, 8)
+    assert r.headers["x-genserve-seed"] == "1"
+    js = client.post("/sample", json={"model": model(family), "n": 3, "seed": 1}).json()
+    # unlabelled samples of a conditional model draw labels from the prior, reproducibly
+    assert len(js["labels"]) == 3
+    np.testing.assert_array_equal(arr, np.asarray(js["samples"]))
+
+
+def test_server_picks_and_returns_a_seed(client: Client) -> None:
+    a = client.post("/sample", json={"model": model("vae"), "n": 2}).json()
+    b = client.post("/sample", json={"model": model("vae"), "n": 2, "seed": a["seed"]}).json()
+    assert a["samples"] == b["samples"]
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_seeded_samples_equal_across_backends(client: Client, ts_client: Client, family: str) -> None:
+    body = {"model": model(family), "n": 4, "labels": 5, "seed": 99}
+    onnx = client.post("/sample", json=body).json()
+    ts = ts_client.post("/sample", json=body).json()
+    assert ts_client.get("/models").json()[0]["backend"] == "torchscript"
+    assert onnx["samples"] == ts["samples"]
+
+
+def test_temperature_changes_samples(client: Client) -> None:
+    body = {"model": model("flow"), "n": 4, "seed": 5, "labels": 1}
+    cold = client.post("/sample", json={**body, "temperature": 0.1}).json()["samples"]
+    hot = client.post("/sample", json={**body, "temperature": 1.0}).json()["samples"]
+    assert cold != hot
+
+
+# --- /log-likelihood --------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", LIKELIHOOD)
+def test_log_likelihood_json_and_npy(client: Client, family: str, digits: np.ndarray) -> None:
+    r = client.post("/log-likelihood", json={"model": model(family), "inputs": digits.tolist(), "labels": 3})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert out["marginal"] is False
+    assert out["estimator"]
+    rows = out["results"]
+    assert len(rows) == 6
+    for row in rows:
+        assert row["log_likelihood"] < 0
+        assert row["bits_per_dim"] == pytest.approx(-row["log_likelihood"] / (64 * np.log(2)))
+        assert row["outlier"]["method"] == "nll"
+        assert 0 < row["outlier"]["p_value"] <= 1
+        assert row["outlier"]["is_outlier"] == (row["outlier"]["p_value"] <= 0.05)
+    buf = io.BytesIO()
+    np.save(buf, digits.astype(np.uint8))
+    npy = client.post(
+        f"/log-likelihood?model={model(family)}&labels=3",
+        content=buf.getvalue(),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert npy.status_code == 200, npy.text
+    assert [r["log_likelihood"] for r in npy.json()["results"]] == [r["log_likelihood"] for r in rows]
+
+
+@pytest.mark.parametrize("family", LIKELIHOOD)
+def test_marginal_and_posterior_without_labels(client: Client, family: str, digits: np.ndarray) -> None:
+    out = client.post("/log-likelihood", json={"model": model(family), "inputs": digits.tolist()}).json()
+    assert out["marginal"] is True
+    for row in out["results"]:
+        post = row["label_posterior"]
+        assert set(post) == {str(i) for i in range(10)}
+        assert sum(post.values()) == pytest.approx(1.0, abs=1e-6)
+        assert row["predicted_label"] == max(post, key=post.get)
+
+
+@pytest.mark.parametrize("family", LIKELIHOOD)
+def test_scores_do_not_depend_on_the_batch(client: Client, family: str, digits: np.ndarray) -> None:
+    together = client.post("/log-likelihood", json={"model": model(family), "inputs": digits.tolist()}).json()
+    alone = client.post(
+        "/log-likelihood", json={"model": model(family), "inputs": digits[3:4].tolist()}
+    ).json()
+    assert alone["results"][0] == together["results"][3]
+
+
+def test_more_importance_samples_still_calibrated(client: Client, digits: np.ndarray) -> None:
+    out = client.post(
+        "/log-likelihood", json={"model": model("vae"), "inputs": digits.tolist(), "importance_samples": 7}
+    ).json()
+    assert out["importance_samples"] == 7
+    assert "K=7" in out["estimator"]
+    assert all(0 < r["outlier"]["p_value"] <= 1 for r in out["results"])
+
+
+@pytest.mark.parametrize("endpoint", ["/log-likelihood", "/reconstruct"])
+def test_gan_has_no_likelihood_or_encoder(client: Client, endpoint: str, digits: np.ndarray) -> None:
+    body = assert_problem(
+        client.post(endpoint, json={"model": model("gan"), "inputs": digits.tolist(), "labels": 0}), 422
+    )
+    assert "gan" in body["detail"]
+    assert ("likelihood" if endpoint == "/log-likelihood" else "encoder") in body["detail"]
+
+
+# --- /reconstruct -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("family", ["flow", "vae"])
+def test_reconstruct_latents(client: Client, family: str, digits: np.ndarray) -> None:
+    r = client.post(
+        "/reconstruct", json={"model": model(family), "inputs": digits.tolist(), "labels": 1, "seed": 3}
+    )
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"]
+    rec = np.asarray(out["reconstruction"])
+    assert rec.shape == (6, 1, 8, 8)
+    assert 0 <= rec.min() <= rec.max() <= 16
+    lat = np.asarray(out["latent"])
+    assert lat.shape[0] == 6
+    if family == "flow":  # an invertible model reconstructs exactly
+        np.testing.assert_array_equal(rec[:, 0], digits)
+
+
+def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarray) -> None:
+    mask = np.zeros_like(digits)
+    mask[:, :4] = 1  # top half known
+    body = {
+        "model": model("pixelcnn"),
+        "inputs": digits.tolist(),
+        "mask": mask.tolist(),
+        "labels": 2,
+        "seed": 8,
+    }
+    out = client.post("/reconstruct", json=body).json()
+    rec = np.asarray(out["outputs"]["reconstruction"])[:, 0]
+    np.testing.assert_array_equal(rec[:, :4], digits[:, :4])
+    assert 0 <= rec.min() <= rec.max() <= 16
+    assert client.post("/reconstruct", json=body).json()["outputs"] == out["outputs"]
+    assert_problem(client.post("/reconstruct", json={**body, "mask": None}), 422, "mask")
+
+
+# --- validation: every rule a 4xx naming the field, never a 500 ------------------------------
+
+
+@pytest.mark.parametrize(
+    ("endpoint", "body", "status", "field"),
+    [
+        ("/sample", {"model": "nope", "n": 1}, 404, None),
+        ("/sample", {"model": "vae-digits", "version": 9, "n": 1}, 404, None),
+        ("/sample", {"model": "vae-digits", "n": 0}, 422, "n"),
+        ("/sample", {"model": "vae-digits", "n": 100000}, 422, "n"),
+        ("/sample", {"model": "vae-digits", "n": 2, "labels": 10}, 422, "labels"),
+        ("/sample", {"model": "vae-digits", "n": 2, "labels": "seven"}, 422, "labels"),
+        ("/sample", {"model": "vae-digits", "n": 2, "labels": [1, 2, 3]}, 422, "labels"),
+        ("/sample", {"model": "vae-digits", "n": 2, "temperature": 0}, 422, "temperature"),
+        ("/sample", {"model": "vae-digits", "n": 2, "format": "gif"}, 422, "format"),
+        ("/sample", {"model": "vae-digits", "n": 2, "seed": -1}, 422, "seed"),
+        ("/sample", {"model": "vae-digits", "nn": 2}, 422, "nn"),
+        ("/sample", {"n": 2}, 422, "model"),
+        ("/log-likelihood", {"model": "vae-digits"}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[1, 2], [3]]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[0] * 7] * 8]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[0.5] * 8] * 8]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[17] * 8] * 8]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[-1] * 8] * 8]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[["a"] * 8] * 8]}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": "zeros"}, 422, "inputs"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[0] * 8] * 8], "labels": 11}, 422, "labels"),
+        ("/log-likelihood", {"model": "vae-digits", "inputs": [[[0] * 8] * 8], "alpha": 1.5}, 422, "alpha"),
+        (
+            "/log-likelihood",
+            {"model": "vae-digits", "inputs": [[[0] * 8] * 8], "importance_samples": 10**6},
+            422,
+            "importance_samples",
+        ),
+        (
+            "/log-likelihood",
+            {"model": "vae-digits", "inputs": [[[0] * 8] * 8], "outlier_method": "astrology"},
+            422,
+            "outlier_method",
+        ),
+        ("/reconstruct", {"model": "vae-digits", "inputs": [[[0] * 8] * 8]}, 422, "labels"),
+        (
+            "/reconstruct",
+            {"model": "pixelcnn-digits", "inputs": [[[0] * 8] * 8], "labels": 0, "mask": [[[2] * 8] * 8]},
+            422,
+            "mask",
+        ),
+        (
+            "/reconstruct",
+            {"model": "pixelcnn-digits", "inputs": [[[0] * 8] * 8], "labels": 0, "mask": [[[1] * 8] * 7]},
+            422,
+            "mask",
+        ),
+    ],
+)
+def test_validation_rules(
+    client: Client, endpoint: str, body: dict[str, Any], status: int, field: str | None
+) -> None:
+    problem = assert_problem(client.post(endpoint, json=body), status, field)
+    assert "zeros" not in problem["detail"]  # never echoes the input
+
+
+def test_nan_and_infinity_are_refused(client: Client) -> None:
+    for token in (b"NaN", b"Infinity"):
+        raw = b'{"model": "vae-digits", "inputs": [[[' + b", ".join([token] * 8) + b"]]]}"
+        r = client.post("/log-likelihood", content=raw, headers={"content-type": "application/json"})
+        assert r.status_code in (400, 422)
+        assert r.status_code != 500
+
+
+def test_labels_for_an_unconditional_model(tmp_path: Path) -> None:
+    from tests.conftest import TINY_TRAINING, TINY_ZOO
+    from training.build import build_store
+    from training.evaluate import EvalSettings
+
+    build_store(
+        tmp_path / "s",
+        tmp_path / "c",
+        families=("gan",),
+        conditional=False,
+        progress=False,
+        config_overrides=TINY_ZOO,
+        train_overrides=TINY_TRAINING,
+        eval_settings=EvalSettings(quality_per_class=2, classifier_epochs=1),
+    )
+    c = Client(Settings(model_store=tmp_path / "s"))
+    try:
+        ok = c.post("/sample", json={"model": "gan-digits-uncond", "n": 2})
+        assert ok.status_code == 200
+        assert ok.json()["labels"] is None
+        assert_problem(
+            c.post("/sample", json={"model": "gan-digits-uncond", "n": 2, "labels": 1}), 422, "labels"
+        )
+    finally:
+        c.close()
+
+
+def test_malformed_json_and_content_types(client: Client) -> None:
+    assert_problem(
+        client.post("/sample", content=b"{oops", headers={"content-type": "application/json"}), 400
+    )
+    assert_problem(
+        client.post("/sample", content=b"[1, 2]", headers={"content-type": "application/json"}), 400
+    )
+    assert_problem(client.post("/sample", content=b"{}", headers={"content-type": "text/plain"}), 415)
+    assert_problem(client.post("/sample", content=b"n=1", headers={}), 415)
+    assert_problem(
+        client.post(
+            "/log-likelihood?model=vae-digits",
+            content=b"not npy",
+            headers={"content-type": "application/x-npy"},
+        ),
+        400,
+    )
+
+
+def test_body_and_output_size_limits(tiny_store: Path) -> None:
+    c = Client(Settings(model_store=tiny_store, max_body_bytes=2048, max_output_values=640, max_rows=5))
+    try:
+        big = {"model": "vae-digits", "inputs": [[[0] * 8] * 8] * 50}
+        assert_problem(c.post("/log-likelihood", json=big), 413)
+        assert_problem(c.post("/sample", json={"model": "vae-digits", "n": 11}), 413)
+        rows = {"model": "vae-digits", "inputs": [[[0] * 8] * 8] * 6}
+        assert_problem(c.post("/log-likelihood", json=rows), 413)
+    finally:
+        c.close()
+
+
+def test_unknown_route_and_method_are_problems(client: Client) -> None:
+    assert_problem(client.get("/nothing-here"), 404)
+    assert_problem(client.get("/sample"), 405)
+
+
+# --- devices and a real server ----------------------------------------------------------------
+
+
+def test_cuda_without_gpu_fails_fast_with_a_clear_message(tiny_store: Path) -> None:
+    from service.runtime import DeviceUnavailableError, onnx_cuda_available
+
+    if onnx_cuda_available():
+        pytest.skip("a GPU is usable here")
+    with pytest.raises(
+        DeviceUnavailableError, match="device 'cuda' requested but onnxruntime sees no usable GPU"
+    ):
+        Client(Settings(model_store=tiny_store, device="cuda"))
+
+
+def test_cli_serve_refuses_cuda_without_gpu(tiny_store: Path) -> None:
+    from typer.testing import CliRunner
+
+    from service.runtime import onnx_cuda_available
+    from training.cli import app
+
+    if onnx_cuda_available():
+        pytest.skip("a GPU is usable here")
+    result = CliRunner().invoke(app, ["serve", "--store", str(tiny_store), "--device", "cuda", "--no-build"])
+    assert result.exit_code == 2
+    assert "no usable GPU" in result.output
+
+
+@pytest.fixture
+def real_server(tiny_store: Path) -> Iterator[str]:
+    """uvicorn serving the tiny store on a free loopback port, in a subprocess."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    env = {"GENSERVE_MODEL_STORE": str(tiny_store), "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        for _ in range(300):
+            try:
+                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def test_real_uvicorn_smoke(real_server: str, digits: np.ndarray) -> None:
+    r = httpx.post(f"{real_server}/sample", json={"model": "pixelcnn-digits", "n": 2, "labels": 4, "seed": 1})
+    assert r.status_code == 200
+    assert np.asarray(r.json()["samples"]).shape == (2, 1, 8, 8)
+    r = httpx.post(f"{real_server}/log-likelihood", json={"model": "flow-digits", "inputs": digits.tolist()})
+    assert r.status_code == 200
+    assert len(r.json()["results"]) == 6
