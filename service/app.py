@@ -19,8 +19,8 @@ from . import __version__
 from .api import generate, health, models
 from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers
+from .batching import Batcher
 from .config import Settings
-from .inference import InferenceRunner
 from .metrics import Metrics
 from .registry import Registry
 
@@ -90,8 +90,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        runner = InferenceRunner()
-        registry = Registry(settings, runner, metrics)
+        batcher = Batcher(metrics)
+        registry = Registry(settings, batcher, metrics)
         app.state.registry = registry
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
         await registry.warm_up()
@@ -111,7 +111,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             lifecycle.state = "stopped"
             metrics.ready.set(0)
-            runner.shutdown()
+            await batcher.close()
             registry.close()
 
     app = FastAPI(

@@ -36,3 +36,11 @@ class Settings(BaseSettings):
     pixelcnn_max_samples: int = Field(
         default=256, ge=1, description="Largest n for PixelCNN sampling (one graph call per pixel)."
     )
+
+    # Batching, queueing and time limits (per model).
+    max_batch: int = Field(default=4096, ge=1, description="Most rows merged into one runtime call.")
+    max_delay_ms: float = Field(
+        default=0.0, ge=0.0, description="How long a partial batch may wait for company (0: never wait)."
+    )
+    max_queue: int = Field(default=256, ge=1, description="Waiting calls per model before 503 + Retry-After.")
+    request_timeout_s: float = Field(default=120.0, gt=0.0, description="Deadline per request (504 after).")

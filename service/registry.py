@@ -8,10 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from .batching import Batcher, BatchLimits
 from .config import Settings
 from .engine import Engine, build_engine
 from .errors import ModelNotFoundError
-from .inference import InferenceRunner
 from .manifest import Manifest
 from .metrics import Metrics
 from .resources import available_cores
@@ -62,7 +62,7 @@ class Registry:
     """Models by name (latest version of each), plus what failed to load and why."""
 
     settings: Settings
-    runner: InferenceRunner
+    batcher: Batcher
     metrics: Metrics
     models: dict[str, LoadedModel] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
@@ -86,7 +86,14 @@ class Registry:
                 log.error("model %s not loaded: %s", name, exc)
                 continue
             backend = load_backend(version, self.settings.backend, self.settings.device, threads)
-            engine = build_engine(version.manifest, self.runner.caller(backend))
+            limits = BatchLimits(
+                max_batch=self.settings.max_batch,
+                max_delay=self.settings.max_delay_ms / 1000.0,
+                max_queue=self.settings.max_queue,
+            )
+            engine = build_engine(
+                version.manifest, self.batcher.caller(f"{name}/v{version.version}", backend, limits)
+            )
             loaded = LoadedModel(version, backend, engine)
             self.models[name] = loaded
             self.metrics.model_info.labels(
@@ -105,7 +112,7 @@ class Registry:
         """Run every graph once so the first request pays no initialisation."""
         for model in self.models.values():
             for g in model.manifest.graphs:
-                await model.engine.call(g.name, warmup_inputs(model.manifest, g.name))
+                await self.batcher.run_direct(model.backend, g.name, warmup_inputs(model.manifest, g.name))
 
     @property
     def ready(self) -> bool:

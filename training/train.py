@@ -24,6 +24,7 @@ from torch import Tensor
 from .checkpoint import CheckpointInfo, code_fingerprint, run_key, save_checkpoint
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
 from .families import GenerativeModel, build_model, default_config
+from .families.augment import dihedral, draw_transforms
 from .runtime import configure_threads, pick_device, seed_everything
 
 Validator = Callable[[GenerativeModel], float]
@@ -44,6 +45,7 @@ class TrainConfig(BaseModel):
     val_every: int = 1  # epochs between validations
     val_samples: int = 4  # estimator samples per validation example (flows, VAEs)
     ema: float = 0.0  # decay of a weight average used for validation and export; 0 = off
+    augment: float = 0.0  # share of training images shown under another transform (needs model support)
 
 
 def default_train_config(family: str, spec: Any = None, **overrides: Any) -> TrainConfig:
@@ -120,6 +122,8 @@ def fit(
 ) -> tuple[GenerativeModel, dict[str, Any], list[dict[str, float]]]:
     """Optimise `model` in place; returns it with the best validation state loaded."""
     gen = torch.Generator().manual_seed(seed)
+    if cfg.augment > 0 and model.transform_count == 0:
+        raise ValueError(f"augment={cfg.augment} needs a {model.family} config with augment_transforms")
     optimizers = model.make_optimizers(cfg.lr, cfg.weight_decay)
     schedulers = [torch.optim.lr_scheduler.ExponentialLR(o, cfg.lr_decay) for o in optimizers]
     n = len(x_train)
@@ -148,7 +152,11 @@ def fit(
             for i in range(0, n - cfg.batch_size // 2, cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 yb = None if y_train is None else y_train[idx]
-                metrics = model.train_step(x_train[idx], yb, optimizers, step)
+                xb, aug = x_train[idx], None
+                if cfg.augment > 0:
+                    aug = draw_transforms(len(idx), model.transform_count, cfg.augment, gen).to(xb.device)
+                    xb = dihedral(xb, aug)
+                metrics = model.train_step(xb, yb, optimizers, step, aug)
                 if average is not None:
                     average.update(model)
                 step += 1

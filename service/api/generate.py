@@ -12,11 +12,12 @@ import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
 
-from ..engine import noise_rng
+from ..engine import Likelihood, noise_rng
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
 from ..imaging import sample_grid_png
 from ..outliers import outlier_results
 from ..registry import LoadedModel, Registry
+from .execution import guarded
 from .parsing import (
     array_from_json,
     array_from_npy,
@@ -78,6 +79,11 @@ def _model_for(request: Request, name: str, version: int | None) -> LoadedModel:
     return model
 
 
+def _timeout(request: Request, req: Any) -> float:
+    limit: float = request.app.state.settings.request_timeout_s
+    return min(req.timeout, limit) if req.timeout is not None else limit
+
+
 def _npy_bytes(arr: np.ndarray) -> bytes:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
@@ -113,7 +119,9 @@ async def sample(request: Request) -> Response:
         # so the samples follow p(x) = Σ_y p(x|y) p(y); the labels used are returned.
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
-    samples = await engine.sample(req.n, labels, rng, req.temperature)
+    samples = await guarded(
+        request, engine.sample(req.n, labels, rng, req.temperature), _timeout(request, req)
+    )
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
     headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
     if req.format == "npy":
@@ -194,10 +202,15 @@ async def log_likelihood(request: Request) -> Response:
     metrics = request.app.state.metrics
     metrics.stage.labels(model.name, "log-likelihood", "parse").observe(time.perf_counter() - started)
     computed = time.perf_counter()
-    ll = await engine.log_likelihood(x, labels, samples, req.seed)
-    outliers = await outlier_results(
-        engine, manifest, x, labels, ll, samples, req.alpha, req.outlier_method, req.all_outlier_methods
-    )
+
+    async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
+        ll = await engine.log_likelihood(x, labels, samples, req.seed)
+        outliers = await outlier_results(
+            engine, manifest, x, labels, ll, samples, req.alpha, req.outlier_method, req.all_outlier_methods
+        )
+        return ll, outliers
+
+    ll, outliers = await guarded(request, score(), _timeout(request, req))
     metrics.stage.labels(model.name, "log-likelihood", "compute").observe(time.perf_counter() - computed)
     metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
     bpd = engine.bits_per_dim(ll.log_likelihood)
@@ -261,7 +274,9 @@ async def reconstruct(request: Request) -> Response:
             ["inputs"], f"at most {settings.pixelcnn_max_samples} rows for pixelcnn completion"
         )
     seed = req.seed if req.seed is not None else secrets.randbits(63)
-    result = await engine.reconstruct(x, labels, mask, noise_rng(seed))
+    result = await guarded(
+        request, engine.reconstruct(x, labels, mask, noise_rng(seed)), _timeout(request, req)
+    )
     request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
     return _json(
         {

@@ -24,6 +24,9 @@ class RequestModel(BaseModel):
 
     model: str = Field(description="Model name in the store, e.g. 'pixelcnn-digits'.", max_length=128)
     version: int | None = Field(default=None, ge=1, description="Model version; default the latest loaded.")
+    timeout: float | None = Field(
+        default=None, gt=0, description="Deadline in seconds (capped by the server's request_timeout_s)."
+    )
 
 
 class SampleRequest(RequestModel):

@@ -6,7 +6,7 @@ from ..manifest import Manifest
 from .base import Engine, GraphCaller, Likelihood, Reconstruction, inline_caller, noise_rng
 from .flow import FlowEngine
 from .gan import GANEngine
-from .pixelcnn import CancelledError, PixelCNNEngine
+from .pixelcnn import PixelCNNEngine
 from .vae import VAEEngine
 
 ENGINES: dict[str, type[Engine]] = {
@@ -24,7 +24,6 @@ def build_engine(manifest: Manifest, call: GraphCaller) -> Engine:
 
 __all__ = [
     "ENGINES",
-    "CancelledError",
     "Engine",
     "GraphCaller",
     "Likelihood",

@@ -8,7 +8,7 @@ so that the dynamic batcher can merge concurrent requests' calls.
 from __future__ import annotations
 
 import math
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -20,7 +20,6 @@ from ..manifest import Manifest
 
 Arrays = dict[str, np.ndarray]
 IntImages = NDArray[np.int64]
-CancelCheck = Callable[[], bool]
 
 
 class GraphCaller(Protocol):
@@ -111,7 +110,6 @@ class Engine:
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-        cancelled: CancelCheck | None = None,
     ) -> IntImages:
         """`n` samples [n, C, H, W] in data units."""
         raise NotImplementedError
@@ -150,7 +148,6 @@ class Engine:
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
-        cancelled: CancelCheck | None = None,
     ) -> Reconstruction:
         """Family-specific reconstruction or completion."""
         self.ensure_can_reconstruct()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import CancelCheck, Engine, IntImages, Reconstruction, discretize, noise_rng
+from .base import Engine, IntImages, Reconstruction, discretize, noise_rng
 
 
 class FlowEngine(Engine):
@@ -19,7 +19,6 @@ class FlowEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-        cancelled: CancelCheck | None = None,
     ) -> IntImages:
         """x = floor(f^-1(T·z)), z ~ N(0, I)."""
         z = rng.standard_normal((n, *self.shape), dtype=np.float32) * np.float32(temperature)
@@ -52,7 +51,6 @@ class FlowEngine(Engine):
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
-        cancelled: CancelCheck | None = None,
     ) -> Reconstruction:
         """z = f(x + ½) (bin centres, deterministic) and its inverse f^-1(z)."""
         self.check_mask_unsupported(mask)

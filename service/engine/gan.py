@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import CancelCheck, Engine, IntImages, discretize
+from .base import Engine, IntImages, discretize
 
 
 class GANEngine(Engine):
@@ -20,7 +20,6 @@ class GANEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-        cancelled: CancelCheck | None = None,
     ) -> IntImages:
         """x = floor(G(T·z)), z ~ N(0, I)."""
         dz = int(self.manifest.family_info["latent_dim"])

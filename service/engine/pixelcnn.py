@@ -7,17 +7,12 @@ from numpy.typing import NDArray
 
 from ..errors import InvalidInputError
 from .base import (
-    CancelCheck,
     Engine,
     IntImages,
     Reconstruction,
     categorical_from_uniform,
     log_softmax,
 )
-
-
-class CancelledError(Exception):
-    """The client went away; the sampling loop stopped early."""
 
 
 class PixelCNNEngine(Engine):
@@ -44,7 +39,6 @@ class PixelCNNEngine(Engine):
         labels: np.ndarray | None,
         u: np.ndarray,
         temperature: float,
-        cancelled: CancelCheck | None,
     ) -> IntImages:
         x = x.copy()
         C, H, W = self.shape
@@ -54,8 +48,6 @@ class PixelCNNEngine(Engine):
                 for c in range(C):
                     if known is not None and known[:, c, i, j].all():
                         continue
-                    if cancelled is not None and cancelled():
-                        raise CancelledError("client disconnected")
                     feeds = self.feeds({"x": x.astype(np.float32)}, labels)
                     logits = (await self.call("logits", feeds))["logits"][:, c, i, j] / t
                     draw = categorical_from_uniform(logits, u[:, c, i, j])
@@ -71,13 +63,10 @@ class PixelCNNEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-        cancelled: CancelCheck | None = None,
     ) -> IntImages:
         """Ancestral sampling with softmax temperature T."""
         u = rng.random((n, *self.shape), dtype=np.float32)
-        return await self._fill(
-            np.zeros((n, *self.shape), dtype=np.int64), None, labels, u, temperature, cancelled
-        )
+        return await self._fill(np.zeros((n, *self.shape), dtype=np.int64), None, labels, u, temperature)
 
     async def reconstruct(
         self,
@@ -85,7 +74,6 @@ class PixelCNNEngine(Engine):
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
-        cancelled: CancelCheck | None = None,
     ) -> Reconstruction:
         """Complete the pixels where `mask` is 0, sampling each given everything before it."""
         if mask is None:
@@ -94,7 +82,7 @@ class PixelCNNEngine(Engine):
             )
         known = mask.astype(bool)
         u = rng.random(x.shape, dtype=np.float32)
-        done = await self._fill(x, known, labels, u, 1.0, cancelled)
+        done = await self._fill(x, known, labels, u, 1.0)
         return Reconstruction(
             {"reconstruction": done},
             "pixels where mask is 0 sampled autoregressively given the known pixels; known pixels unchanged",

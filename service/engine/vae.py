@@ -8,7 +8,6 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import (
-    CancelCheck,
     Engine,
     IntImages,
     Reconstruction,
@@ -36,7 +35,6 @@ class VAEEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-        cancelled: CancelCheck | None = None,
     ) -> IntImages:
         """z ~ N(0, T²I), then one inverse-CDF draw per pixel from p(x | z)."""
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
@@ -72,7 +70,6 @@ class VAEEngine(Engine):
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
-        cancelled: CancelCheck | None = None,
     ) -> Reconstruction:
         """decode(encode(x)) at the posterior mean: the most probable level per pixel."""
         self.check_mask_unsupported(mask)

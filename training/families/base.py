@@ -58,17 +58,29 @@ class GenerativeModel(nn.Module, ABC):
         """Integer levels -> floats in [-1, 1]."""
         return x.to(torch.float32) * (2.0 / (self.spec.levels - 1)) - 1.0
 
-    def training_loss(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss to minimise on a batch of integer images, and metrics to display."""
+    @property
+    def transform_count(self) -> int:
+        """How many data transforms the model can be conditioned on (0: no augmentation)."""
+        return 0
+
+    def training_loss(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss on a batch of integer images (under transform `aug`), and metrics."""
         raise NotImplementedError(f"{self.family} trains through its own train_step")
 
     def train_step(
-        self, x: Tensor, y: Tensor | None, optimizers: list[torch.optim.Optimizer], step: int
+        self,
+        x: Tensor,
+        y: Tensor | None,
+        optimizers: list[torch.optim.Optimizer],
+        step: int,
+        aug: Tensor | None = None,
     ) -> dict[str, float]:
         """One optimisation step; families with several players override this."""
         (opt,) = optimizers
         opt.zero_grad(set_to_none=True)
-        loss, metrics = self.training_loss(x, y)
+        loss, metrics = self.training_loss(x, y) if aug is None else self.training_loss(x, y, aug)
         loss.backward()  # type: ignore[no-untyped-call]
         nn.utils.clip_grad_norm_(self.parameters(), max_norm=self.grad_clip)
         opt.step()

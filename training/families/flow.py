@@ -14,10 +14,12 @@ import math
 from typing import Any, Literal, cast
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from .augment import transform_count
 from .base import FamilyConfig, GenerativeModel
 from .layers import (
     ActNorm,
@@ -42,6 +44,7 @@ class FlowConfig(FamilyConfig):
     spline_bins: int = 8
     logit_alpha: float = 0.05
     dropout: float = 0.0
+    augment_transforms: bool = False  # condition on a data transform (distribution augmentation)
 
 
 class FlowStep(nn.Module):
@@ -125,7 +128,8 @@ class FlowModel(GenerativeModel):
         if levels == 0:
             raise ValueError(f"a flow needs even image sides to squeeze; got {H}x{W}")
         self.levels = levels
-        cond_ch = self.num_classes
+        self.n_aug = transform_count(H, W) if config.augment_transforms else 0
+        cond_ch = self.num_classes + self.n_aug
         self.steps = nn.ModuleList()
         self.split_priors = nn.ModuleList()
         self.split_sizes: list[int] = []
@@ -142,6 +146,26 @@ class FlowModel(GenerativeModel):
                 c = c - out
         self.top_prior = GaussianPrior(c, 0, cond_ch, (h, w))
 
+    @property
+    def transform_count(self) -> int:
+        return self.n_aug
+
+    def _cond(self, y: Tensor | None, aug: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """Conditioning vector [B, L (+ transforms)]: the label's one-hot, then the transform's
+        (the identity when `aug` is None, as in evaluation and export)."""
+        parts = []
+        label = self.onehot(y)
+        if label is not None:
+            parts.append(label)
+        if self.n_aug:
+            t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
+            parts.append(F.one_hot(t, self.n_aug).to(self.free_dtype))
+        return torch.cat(parts, dim=1) if parts else None
+
+    @property
+    def free_dtype(self) -> torch.dtype:
+        return self.top_prior.free.dtype
+
     # --- the bijection -------------------------------------------------------------
     def _to_logit(self, x: Tensor) -> tuple[Tensor, Tensor]:
         """Dequantized levels [0, K) -> logit space, with log|det| [B]."""
@@ -155,12 +179,12 @@ class FlowModel(GenerativeModel):
         a = self.cfg.logit_alpha
         return (torch.sigmoid(h) - a) / (1 - 2 * a) * self.spec.levels
 
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
+    def forward(self, x: Tensor, y: Tensor | None = None, aug: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Dequantized x [B,C,H,W] (level units) -> (standardised z [B,C,H,W], log|det| [B]).
 
         log p(x) = Σ log N(z; 0, 1) + log|det|.
         """
-        cond = self.onehot(y)
+        cond = self._cond(y, aug, x.shape[0], x.device)
         h, logdet = self._to_logit(x)
         eps_parts: list[Tensor] = []
         for level, steps in enumerate(self.steps):
@@ -182,9 +206,9 @@ class FlowModel(GenerativeModel):
             z = torch.cat([eps_parts[level], unsqueeze2x2(z)], dim=1)
         return unsqueeze2x2(z), logdet
 
-    def inverse(self, z: Tensor, y: Tensor | None = None) -> Tensor:
+    def inverse(self, z: Tensor, y: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         """Standardised z [B,C,H,W] -> dequantized x [B,C,H,W] in level units."""
-        cond = self.onehot(y)
+        cond = self._cond(y, aug, z.shape[0], z.device)
         eps_parts: list[Tensor] = []
         t = z
         for level in range(self.levels):
@@ -206,16 +230,18 @@ class FlowModel(GenerativeModel):
             h = unsqueeze2x2(h)
         return self._from_logit(h)
 
-    def log_prob(self, x: Tensor, y: Tensor | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, y: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         """log density of dequantized x [B,C,H,W] (level units) -> [B] nats."""
-        z, logdet = self(x, y)
+        z, logdet = self(x, y, aug)
         return sum_except_batch(std_normal_logpdf(z)) + logdet
 
     # --- objectives ------------------------------------------------------------------
-    def training_loss(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Negative dequantized log-likelihood in bits per dimension."""
         u = torch.rand(x.shape, device=x.device)
-        nll = -self.log_prob(x.to(torch.float32) + u, y)
+        nll = -self.log_prob(x.to(torch.float32) + u, y, aug)
         bpd = nll.mean() / (self.dims * math.log(2))
         return bpd, {"bpd": float(bpd.detach())}
 

@@ -136,7 +136,12 @@ class GANModel(GenerativeModel):
         ]
 
     def train_step(
-        self, x: Tensor, y: Tensor | None, optimizers: list[torch.optim.Optimizer], step: int
+        self,
+        x: Tensor,
+        y: Tensor | None,
+        optimizers: list[torch.optim.Optimizer],
+        step: int,
+        aug: Tensor | None = None,
     ) -> dict[str, float]:
         """One discriminator and one generator update with the hinge loss, then EMA."""
         opt_g, opt_d = optimizers

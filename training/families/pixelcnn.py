@@ -20,6 +20,7 @@ from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from .augment import transform_count
 from .base import FamilyConfig, GenerativeModel
 from .layers import MaskedConv2d, categorical_from_uniform, channel_groups, logistic_mixture_logprobs
 from .vae import categorical_log_prob
@@ -38,6 +39,7 @@ class PixelCNNConfig(FamilyConfig):
     mixtures: int = 5
     position_bias: bool = False
     members: int = 1
+    augment_transforms: bool = False  # condition on a data transform (distribution augmentation)
 
 
 def _group_mask(out_groups: Tensor, in_groups: Tensor, include_same: bool) -> Tensor:
@@ -93,8 +95,12 @@ class GatedLayer(nn.Module):
         n_classes: int,
         dropout: float,
         hw: tuple[int, int] | None = None,
+        n_aug: int = 0,
     ) -> None:
         super().__init__()
+        # Bias for the data transform being modelled (distribution augmentation); export
+        # and evaluation use transform 0, the identity.
+        self.aug = nn.Embedding(n_aug, 4 * ch) if n_aug else None
         # Position-dependent biases: on small images pixel statistics depend strongly on
         # where a pixel is, which padding alone conveys only weakly. They carry no data,
         # so they cannot break causality.
@@ -110,10 +116,16 @@ class GatedLayer(nn.Module):
         self.dropout = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
         self.ch = ch
 
-    def forward(self, v: Tensor, h: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
+    def forward(
+        self, v: Tensor, h: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
         """(v, h) [B, ch, H, W] each -> (v', h')."""
         v_feat = self.v_conv(v)  # [B, 2ch, H, W]
         h_feat = self.h_conv(h) + self.v_to_h(v_feat)
+        if self.aug is not None:
+            a = self.aug.weight[0][None] if aug is None else self.aug(aug)  # [B or 1, 4ch]
+            v_feat = v_feat + a[:, : 2 * self.ch, None, None]
+            h_feat = h_feat + a[:, 2 * self.ch :, None, None]
         if self.cond is not None and y is not None:
             bias = self.cond(y)[:, :, None, None]  # [B, 4ch, 1, 1]
             v_feat = v_feat + bias[:, : 2 * self.ch]
@@ -142,8 +154,11 @@ class PixelCNNTrunk(nn.Module):
         self.v_in = MaskedConv2d(c_in, ch, (k, k), vertical_mask(ch, c_in, k, True))
         self.h_in = MaskedConv2d(c_in, ch, (1, k), horizontal_mask(ch, c_in, k, C, True))
         hw = (spec.shape[1], spec.shape[2]) if config.position_bias else None
+        n_aug = transform_count(spec.shape[1], spec.shape[2]) if config.augment_transforms else 0
         self.layers = nn.ModuleList(
-            GatedLayer(ch, C, k, config.dilations[i % len(config.dilations)], n_classes, config.dropout, hw)
+            GatedLayer(
+                ch, C, k, config.dilations[i % len(config.dilations)], n_classes, config.dropout, hw, n_aug
+            )
             for i in range(config.layers)
         )
         per_value = spec.levels if config.output == "categorical" else 3 * config.mixtures
@@ -158,12 +173,12 @@ class PixelCNNTrunk(nn.Module):
         )
         self.C = C
 
-    def forward(self, xs: Tensor, y: Tensor | None) -> Tensor:
+    def forward(self, xs: Tensor, y: Tensor | None, aug: Tensor | None = None) -> Tensor:
         """Encoded input [B, C', H, W] -> per-value outputs [B, C, H, W, P]."""
         v = self.v_in(xs)
         h = self.h_in(xs)
         for layer in self.layers:
-            v, h = layer(v, h, y)
+            v, h = layer(v, h, y, aug)
         out = self.head(h)  # [B, C*P, H, W], channel-major groups of P values
         B, _, H, W = out.shape
         return out.reshape(B, self.C, self.per_value, H, W).permute(0, 1, 3, 4, 2)
@@ -200,13 +215,13 @@ class PixelCNNModel(GenerativeModel):
             return codes.permute(0, 1, 4, 2, 3).reshape(B, C * K, H, W)
         return self.scaled(x)
 
-    def member_log_probs(self, x: Tensor, y: Tensor | None) -> list[Tensor]:
+    def member_log_probs(self, x: Tensor, y: Tensor | None, aug: Tensor | None = None) -> list[Tensor]:
         """Each member's normalised log-probabilities over the levels [B, C, H, W, K]."""
         xs = self._encode(x)
         yy = y if self.conditional else None
         outs = []
         for trunk in self.members:
-            out = trunk(xs, yy)
+            out = trunk(xs, yy, aug)
             if self.cfg.output == "logistic_mixture":
                 outs.append(logistic_mixture_logprobs(out, self.spec.levels))
             else:
@@ -220,13 +235,19 @@ class PixelCNNModel(GenerativeModel):
             return outs[0]
         return torch.logsumexp(torch.stack(outs), dim=0) - math.log(len(outs))
 
-    def training_loss(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, float]]:
-        """Exact negative log-likelihood in bits per dimension."""
+    @property
+    def transform_count(self) -> int:
+        return transform_count(*self.spec.shape[1:]) if self.cfg.augment_transforms else 0
+
+    def training_loss(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Exact negative log-likelihood in bits per dimension (of the transform `aug`)."""
         if self.conditional and y is None:
             raise ValueError("this model is class-conditional: labels are required")
         # Members learn independently (each on its own likelihood); the ensemble is
         # what validation, evaluation and export see.
-        nll = torch.stack([-categorical_log_prob(lp, x) for lp in self.member_log_probs(x, y)])
+        nll = torch.stack([-categorical_log_prob(lp, x) for lp in self.member_log_probs(x, y, aug)])
         bpd = nll.mean() / (self.dims * math.log(2))
         return bpd, {"bpd": float(bpd.detach())}
 

@@ -144,7 +144,9 @@ class VAEModel(GenerativeModel):
         log_qz = (std_normal_logpdf(eps) - 0.5 * logvar[:, None, :]).sum(-1)
         return log_px_z + log_pz - log_qz
 
-    def training_loss(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, dict[str, float]]:
+    def training_loss(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO (KL weight warming up to 1) in bits per dimension."""
         mu, logvar = self.encode(x, y)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)

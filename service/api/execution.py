@@ -1,0 +1,49 @@
+"""Running an engine call under the request's deadline, and stopping it if the client leaves."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+from fastapi import Request
+
+from ..errors import DeadlineExceededError, GenserveError
+
+T = TypeVar("T")
+
+
+class ClientGoneError(GenserveError):
+    """The client disconnected; the work stopped and nobody will read this answer."""
+
+    status = 499
+    type = "client-closed-request"
+    title = "Client closed request"
+
+
+async def _disconnected(request: Request, interval: float) -> None:
+    while not await request.is_disconnected():
+        await asyncio.sleep(interval)
+
+
+async def guarded(request: Request, work: Coroutine[Any, Any, T], timeout: float, poll: float = 0.02) -> T:
+    """Await `work`, cancelling it on deadline (504) or client disconnect.
+
+    Cancelling stops a sampling loop at its next graph call, and a cancelled call still
+    waiting in the batcher's queue gives its slot back.
+    """
+    task = asyncio.ensure_future(work)
+    watcher = asyncio.ensure_future(_disconnected(request, poll))
+    try:
+        done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watcher.cancel()
+    if task in done:
+        return task.result()
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError, Exception):
+        await task
+    if watcher in done:
+        raise ClientGoneError("the client disconnected before the answer was ready")
+    raise DeadlineExceededError(f"the request did not finish within its deadline of {timeout:g} s")

@@ -1,0 +1,286 @@
+"""The dynamic batcher: merging, equality with unbatched results, overload, deadlines, disconnects."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from service.api.execution import ClientGoneError, guarded
+from service.app import create_app
+from service.batching import Batcher, BatchLimits
+from service.config import Settings
+from service.errors import DeadlineExceededError, OverloadedError
+from training.data import load_dataset
+
+
+class RecordingBackend:
+    """Doubles its input, remembering every batch it was given; optionally slow."""
+
+    name = "fake"
+    device = "cpu"
+
+    def __init__(self, delay: float = 0.0) -> None:
+        self.batches: list[np.ndarray] = []
+        self.delay = delay
+        self.lock = threading.Lock()
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        time.sleep(self.delay)
+        with self.lock:
+            self.batches.append(inputs["x"].copy())
+        return {"y": inputs["x"] * 2}
+
+    def close(self) -> None:
+        pass
+
+
+def test_concurrent_calls_merge_and_split_back() -> None:
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.02)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend)
+        xs = [np.full((i + 1, 3), float(i)) for i in range(10)]
+        outs = await asyncio.gather(*(call("g", {"x": x}) for x in xs))
+        for x, out in zip(xs, outs, strict=True):
+            np.testing.assert_array_equal(out["y"], x * 2)
+        assert len(backend.batches) < 10  # merged while the worker was busy
+        assert sum(len(b) for b in backend.batches) == sum(len(x) for x in xs)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_batches_never_mix_model_versions_or_shapes() -> None:
+    async def main() -> None:
+        v1, v2 = RecordingBackend(0.01), RecordingBackend(0.01)
+        batcher = Batcher()
+        c1, c2 = batcher.caller("m/v1", v1), batcher.caller("m/v2", v2)
+        calls = [c1("g", {"x": np.full((2, 3), 1.0)}) for _ in range(5)]
+        calls += [c2("g", {"x": np.full((2, 3), 2.0)}) for _ in range(5)]
+        calls += [c1("g", {"x": np.full((2, 4), 1.0)}) for _ in range(3)]  # other trailing shape
+        await asyncio.gather(*calls)
+        assert all((b == 1.0).all() for b in v1.batches)
+        assert all((b == 2.0).all() for b in v2.batches)
+        assert all(b.shape[1] in (3, 4) and len({*b.shape[1:]}) == 1 for b in v1.batches)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_max_batch_caps_merged_rows_and_chunks_big_calls() -> None:
+    async def main() -> None:
+        backend = RecordingBackend(0.01)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend, BatchLimits(max_batch=4))
+        outs = await asyncio.gather(*(call("g", {"x": np.ones((3, 2))}) for _ in range(4)))
+        big = await call("g", {"x": np.arange(20.0).reshape(10, 2)})
+        assert all(len(b) <= 4 for b in backend.batches)
+        np.testing.assert_array_equal(big["y"], np.arange(20.0).reshape(10, 2) * 2)
+        assert all(len(o["y"]) == 3 for o in outs)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_full_queue_is_refused_at_once() -> None:
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.2)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend, BatchLimits(max_queue=2))
+        first = asyncio.ensure_future(call("g", {"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.05)  # the first call is running; the queue is empty
+        waiting = [asyncio.ensure_future(call("g", {"x": np.ones((1, 1))})) for _ in range(2)]
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        with pytest.raises(OverloadedError):
+            await call("g", {"x": np.ones((1, 1))})
+        assert time.perf_counter() - started < 0.05  # immediately, not after a wait
+        await asyncio.gather(first, *waiting)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_cancelled_waiting_call_frees_its_slot() -> None:
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.1)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend, BatchLimits(max_queue=1))
+        running = asyncio.ensure_future(call("g", {"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.02)
+        doomed = asyncio.ensure_future(call("g", {"x": np.full((1, 1), 7.0)}))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        await asyncio.sleep(0)
+        ok = await call("g", {"x": np.ones((1, 1))})  # the slot is free again
+        assert ok["y"][0, 0] == 2.0
+        await running
+        assert not any((b == 7.0).any() for b in backend.batches)  # never computed
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+class FakeRequest:
+    """Just enough of a Starlette request for guarded(): disconnects after `after` seconds."""
+
+    def __init__(self, after: float | None) -> None:
+        self.after = after
+        self.start = time.perf_counter()
+
+    async def is_disconnected(self) -> bool:
+        return self.after is not None and time.perf_counter() - self.start > self.after
+
+
+def _pixelcnn_engine(tiny_store: Path, delay: float) -> tuple[Any, list[int]]:
+    from service.engine import build_engine
+    from service.runtime import load_backend
+    from service.store import ModelStore
+
+    version = ModelStore(tiny_store).open("pixelcnn-digits")
+    backend = load_backend(version, "onnxruntime", "cpu", 1)
+    steps = [0]
+
+    async def slow_call(graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        steps[0] += 1
+        await asyncio.sleep(delay)
+        return backend.run(graph, inputs)
+
+    return build_engine(version.manifest, slow_call), steps
+
+
+def test_disconnect_stops_a_sampling_loop_early(tiny_store: Path) -> None:
+    engine, steps = _pixelcnn_engine(tiny_store, delay=0.01)
+    rng = np.random.Generator(np.random.PCG64(0))
+
+    async def main() -> None:
+        with pytest.raises(ClientGoneError):
+            await guarded(
+                FakeRequest(after=0.1), engine.sample(2, np.array([1, 2]), rng), timeout=30, poll=0.01
+            )
+        stopped_at = steps[0]
+        await asyncio.sleep(0.1)
+        assert steps[0] == stopped_at  # nothing more ran after the disconnect
+
+    asyncio.run(main())
+    assert 0 < steps[0] < 64 // 2  # 64 steps for a full 8x8 sample; stopped within a few
+
+
+def test_deadline_gives_504_and_stops_the_loop(tiny_store: Path) -> None:
+    engine, steps = _pixelcnn_engine(tiny_store, delay=0.01)
+    rng = np.random.Generator(np.random.PCG64(0))
+
+    async def main() -> None:
+        with pytest.raises(DeadlineExceededError):
+            await guarded(FakeRequest(after=None), engine.sample(2, np.array([1, 2]), rng), timeout=0.1)
+
+    asyncio.run(main())
+    assert steps[0] < 64
+
+
+# --- through HTTP --------------------------------------------------------------------------
+
+
+def _with_app(settings: Settings, body: Any) -> Any:
+    async def run() -> Any:
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://t", timeout=60) as client:
+                return await body(client, app)
+
+    return asyncio.run(run())
+
+
+def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]]:
+    model = f"{family}-digits"
+    reqs: list[tuple[str, dict[str, Any]]] = [
+        ("/sample", {"model": model, "n": 3, "labels": i % 10, "seed": 100 + i}) for i in range(4)
+    ]
+    if family != "gan":
+        reqs += [("/log-likelihood", {"model": model, "inputs": x[i : i + 2].tolist()}) for i in range(4)]
+        reqs += [
+            ("/log-likelihood", {"model": model, "inputs": x[i : i + 1].tolist(), "labels": 3})
+            for i in range(2)
+        ]
+    if family in ("flow", "vae"):
+        reqs += [
+            ("/reconstruct", {"model": model, "inputs": x[i : i + 2].tolist(), "labels": 1, "seed": i})
+            for i in range(2)
+        ]
+    if family == "pixelcnn":
+        mask = np.ones((2, 8, 8), dtype=int)
+        mask[:, 5:] = 0
+        reqs += [
+            (
+                "/reconstruct",
+                {
+                    "model": model,
+                    "inputs": x[i : i + 2].tolist(),
+                    "labels": 1,
+                    "mask": mask.tolist(),
+                    "seed": i,
+                },
+            )
+            for i in range(2)
+        ]
+    return reqs
+
+
+@pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn"])
+def test_batched_equals_unbatched(tiny_store: Path, family: str) -> None:
+    x = load_dataset("digits").x[:8, 0]
+    reqs = _requests_for(family, x)
+
+    async def sequential(client: httpx.AsyncClient, app: Any) -> list[Any]:
+        return [(await client.post(url, json=body)).json() for url, body in reqs]
+
+    async def concurrent(client: httpx.AsyncClient, app: Any) -> tuple[list[Any], int]:
+        before = app.state.registry.batcher.batches
+        rs = await asyncio.gather(*(client.post(url, json=body) for url, body in reqs))
+        return [r.json() for r in rs], app.state.registry.batcher.batches - before
+
+    settings = Settings(model_store=tiny_store, models=[f"{family}-digits"])
+    alone = _with_app(settings, sequential)
+    together, batches = _with_app(settings, concurrent)
+    assert together == alone
+    calls = sum(64 if url == "/sample" and family == "pixelcnn" else 1 for url, _ in reqs)
+    assert batches < calls  # something was actually merged
+
+
+def test_http_overload_gives_503_with_retry_after(tiny_store: Path) -> None:
+    settings = Settings(model_store=tiny_store, models=["pixelcnn-digits"], max_queue=1, max_batch=2)
+
+    async def flood(client: httpx.AsyncClient, app: Any) -> list[httpx.Response]:
+        body = {"model": "pixelcnn-digits", "n": 2, "seed": 1}
+        return list(await asyncio.gather(*(client.post("/sample", json=body) for _ in range(12))))
+
+    rs = _with_app(settings, flood)
+    codes = [r.status_code for r in rs]
+    assert 200 in codes
+    assert 503 in codes
+    refused = next(r for r in rs if r.status_code == 503)
+    assert refused.headers["retry-after"] == "1"
+    assert refused.json()["type"].endswith("overloaded")
+
+
+def test_http_deadline_gives_504_then_next_request_succeeds(tiny_store: Path) -> None:
+    settings = Settings(model_store=tiny_store, models=["pixelcnn-digits"])
+
+    async def body(client: httpx.AsyncClient, app: Any) -> tuple[httpx.Response, httpx.Response]:
+        slow = await client.post("/sample", json={"model": "pixelcnn-digits", "n": 64, "timeout": 0.005})
+        ok = await client.post("/sample", json={"model": "pixelcnn-digits", "n": 2, "seed": 3})
+        return slow, ok
+
+    slow, ok = _with_app(settings, body)
+    assert slow.status_code == 504
+    assert slow.json()["type"].endswith("deadline-exceeded")
+    assert ok.status_code == 200
