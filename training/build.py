@@ -9,16 +9,18 @@ from __future__ import annotations
 import asyncio
 import platform
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from rich.console import Console
 
 import service
-from service.engine import build_engine, inline_caller
+from service.engine import Engine, build_engine, inline_caller, noise_rng
 from service.manifest import SCHEMA_VERSION, CalibrationRecord, Manifest
 from service.outliers import DEFAULT_METHOD, METHODS, calibration_scores, method_stats
 from service.runtime import open_backend
@@ -31,6 +33,7 @@ from .evaluate import EvalSettings, ModelScores, score_model
 from .export import export_graphs
 from .families import GenerativeModel, default_config
 from .pipeline import data_for, gan_validator
+from .quality import Sampler
 from .train import default_train_config, train_run, training_key
 
 DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn")
@@ -94,15 +97,9 @@ def _up_to_date(store: ModelStore, name: str, build_key: str) -> ModelVersion | 
     return version if version.manifest.build_key == build_key else None
 
 
-async def _calibrate(
-    manifest: Manifest, folder: Path, data: ImageDataset, splits: Splits
-) -> CalibrationRecord | None:
+async def _calibrate(engine: Engine, data: ImageDataset, splits: Splits) -> CalibrationRecord:
     """Score the calibration split through the exported ONNX graphs, as the service will."""
-    if manifest.family == "gan":
-        return None
-    backend = open_backend(manifest.graphs, folder, "onnxruntime", "cpu", torch.get_num_threads())
-    engine = build_engine(manifest, inline_caller(backend))
-    samples = SERVING_SAMPLES[manifest.family]
+    samples = SERVING_SAMPLES[engine.family]
     x = data.x[splits.calibration]
     # Unlabelled requests to a conditional model are scored with the marginal p(x);
     # labelled ones with p(x | y), calibrated here with each example's true label.
@@ -112,7 +109,6 @@ async def _calibrate(
     if engine.conditional and data.y is not None:
         ll_y = await engine.log_likelihood(x, data.y[splits.calibration], samples, seed=0)
         given = calibration_scores(ll_y.log_likelihood, x, data.spec, stats)
-    backend.close()
     return CalibrationRecord(
         size=len(x),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -133,10 +129,14 @@ def publish_model(
     info: CheckpointInfo,
     data: ImageDataset,
     splits: Splits,
-    evaluation: ModelScores,
+    evaluate: Callable[[Sampler], ModelScores],
     build_key: str,
 ) -> ModelVersion:
-    """Export, check, calibrate and atomically publish one model as a new version."""
+    """Export, check, evaluate, calibrate and atomically publish one model as a new version.
+
+    Sample quality and calibration scores are computed through the exported ONNX graphs
+    with the service's own engine: what gets measured is what gets served.
+    """
     te = splits.test
     x_ho = torch.as_tensor(data.x[te])
     y_ho = torch.as_tensor(data.y[te]) if (model.conditional and data.y is not None) else None
@@ -161,7 +161,7 @@ def publish_model(
             "conditioning": {"conditional": model.conditional, "class_prior": info.class_prior},
             "family_info": family_info,
             "graphs": [g.model_dump() for g in graphs],
-            "evaluation": evaluation.model_dump(),
+            "evaluation": {},
             "split": {
                 "dataset": info.dataset,
                 "seed": info.split_seed,
@@ -193,7 +193,17 @@ def publish_model(
                 "files": [e.model_dump() for e in stage.file_entries()],
             }
         )
-        calibration = asyncio.run(_calibrate(provisional, stage.path, data, splits))
+        backend = open_backend(provisional.graphs, stage.path, "onnxruntime", "cpu", torch.get_num_threads())
+        engine = build_engine(provisional, inline_caller(backend))
+
+        def served_samples(n: int, labels: torch.Tensor | None, seed: int) -> torch.Tensor:
+            lab = None if labels is None else labels.numpy().astype(np.int64)
+            rng = noise_rng(seed)
+            return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng)))
+
+        fields["evaluation"] = evaluate(served_samples).model_dump()
+        calibration = asyncio.run(_calibrate(engine, data, splits)) if engine.can_score else None
+        backend.close()
         fields["calibration"] = None if calibration is None else calibration.model_dump()
         return stage.commit(fields)
 
@@ -209,25 +219,29 @@ def evaluate_and_publish(
     build_key: str,
     settings: EvalSettings | None = None,
 ) -> ModelVersion:
-    """Score on the test split (with the cached judge), then export and publish."""
+    """Score on the test split (with the cached judge) and publish."""
     settings = settings or EvalSettings()
     classifier = None
     if data.y is not None:
         classifier, _ = load_or_train_classifier(
             data, splits, cache, seed=info.split_seed, epochs=settings.classifier_epochs
         )
-    evaluation = score_model(
-        model,
-        name,
-        data,
-        splits,
-        classifier,
-        info.class_prior,
-        training={k: v for k, v in info.record.items() if k != "history"},
-        settings=settings,
-    )
+
+    def evaluate(sampler: Sampler) -> ModelScores:
+        return score_model(
+            model,
+            name,
+            data,
+            splits,
+            classifier,
+            info.class_prior,
+            training={k: v for k, v in info.record.items() if k != "history"},
+            settings=settings,
+            sampler=sampler,
+        )
+
     try:
-        return publish_model(store, name, model, info, data, splits, evaluation, build_key)
+        return publish_model(store, name, model, info, data, splits, evaluate, build_key)
     except IntegrityError as exc:  # pragma: no cover - would be a bug in the exporter
         raise RuntimeError(f"publishing {name} failed verification: {exc}") from exc
 

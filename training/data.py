@@ -187,8 +187,8 @@ class SplitFractions:
     """Shares of the data for each held-out part; training gets the rest."""
 
     validation: float = 0.1
-    calibration: float = 0.2
-    test: float = 0.2
+    calibration: float = 0.15
+    test: float = 0.15
 
     def __post_init__(self) -> None:
         held_out = self.validation + self.calibration + self.test

@@ -20,7 +20,7 @@ from .baselines import evaluate_baselines
 from .classifier import Classifier
 from .data import ImageDataset, Splits
 from .families import GenerativeModel
-from .quality import frechet_distance, sample_quality
+from .quality import Sampler, frechet_distance, sample_quality
 
 
 @dataclass(frozen=True)
@@ -28,10 +28,10 @@ class EvalSettings:
     """How hard evaluation looks. The defaults are the reported ones; tests use less."""
 
     # K ≥ 256 importance samples for VAEs (the field's usual reporting), 16 draws for flows.
-    samples: dict[str, int] = field(default_factory=lambda: {"vae": 1000, "flow": 16, "pixelcnn": 1})
-    marginal_samples: dict[str, int] = field(default_factory=lambda: {"vae": 256, "flow": 4, "pixelcnn": 1})
+    samples: dict[str, int] = field(default_factory=lambda: {"vae": 512, "flow": 16, "pixelcnn": 1})
+    marginal_samples: dict[str, int] = field(default_factory=lambda: {"vae": 64, "flow": 4, "pixelcnn": 1})
     quality_per_class: int = 100
-    classifier_epochs: int = 40
+    classifier_epochs: int = 60
 
 
 class ModelScores(BaseModel):
@@ -102,6 +102,7 @@ def score_model(
     training: dict[str, Any] | None = None,
     seed: int = 0,
     settings: EvalSettings | None = None,
+    sampler: Sampler | None = None,
 ) -> ModelScores:
     """Test likelihood (conditional and marginal), Bayes-rule accuracy, and sample quality."""
     settings = settings or EvalSettings()
@@ -138,7 +139,12 @@ def score_model(
             scores.posterior_accuracy = float((torch.cat(post).argmax(1) == y).float().mean())
     if classifier is not None:
         q = sample_quality(
-            model, classifier, torch.as_tensor(data.x[te]), per_class=settings.quality_per_class, seed=seed
+            model,
+            classifier,
+            torch.as_tensor(data.x[te]),
+            per_class=settings.quality_per_class,
+            seed=seed,
+            sampler=sampler,
         )
         scores.fid = q["fid"]
         scores.label_accuracy = q.get("label_accuracy")

@@ -264,7 +264,10 @@ def _export_torchscript(g: GraphDef, example: tuple[Tensor, ...], path: Path) ->
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         traced = torch.jit.trace(g.module, example, check_trace=False)  # type: ignore[no-untyped-call]
-    torch.jit.save(traced, str(path))
+        # Freezing inlines the weights the graph uses and drops the rest (a GAN's
+        # discriminator, a flow's unused priors), so the archive holds one graph's worth.
+        frozen = torch.jit.freeze(traced.eval())
+    torch.jit.save(frozen, str(path))
 
 
 def export_graphs(

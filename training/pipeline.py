@@ -25,7 +25,7 @@ from .train import Validator
 
 
 def gan_validator(
-    data: ImageDataset, splits: Splits, cache: Path | None, seed: int = 0, classifier_epochs: int = 40
+    data: ImageDataset, splits: Splits, cache: Path | None, seed: int = 0, classifier_epochs: int = 60
 ) -> Validator:
     """Model selection for GANs on sample quality: FID against the validation images,
     in the independent classifier's feature space, with the validation labels requested."""

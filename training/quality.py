@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -33,6 +34,10 @@ def balanced_labels(n_classes: int, per_class: int) -> Tensor:
     return torch.arange(n_classes).repeat_interleave(per_class)
 
 
+Sampler = Callable[[int, Tensor | None, int], Tensor]
+"""(n, labels [n] or None, seed) -> integer samples [n, C, H, W]; e.g. the served graphs."""
+
+
 @torch.no_grad()
 def draw_samples(
     model: GenerativeModel,
@@ -41,8 +46,24 @@ def draw_samples(
     seed: int,
     temperature: float = 1.0,
     batch: int = 500,
+    sampler: Sampler | None = None,
 ) -> Tensor:
-    """`n` samples (with `labels` [n] for a conditional model), in batches, seeded."""
+    """`n` samples (with `labels` [n] for a conditional model), in batches, seeded.
+
+    With a `sampler` (for example the exported graphs behind the service's engine) the
+    samples come from it instead of the eager model.
+    """
+    if sampler is not None:
+        return torch.cat(
+            [
+                sampler(
+                    min(batch, n - start),
+                    None if labels is None else labels[start : start + batch],
+                    seed + start,
+                )
+                for start in range(0, n, batch)
+            ]
+        )
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -62,15 +83,16 @@ def sample_quality(
     n_unconditional: int = 1000,
     seed: int = 1234,
     temperature: float = 1.0,
+    sampler: Sampler | None = None,
 ) -> dict[str, float]:
     """Accuracy of the classifier on conditional samples (the requested label) and the
     Fréchet distance between real and generated images in the classifier's feature space."""
     if model.conditional:
         labels = balanced_labels(model.num_classes, per_class)
-        samples = draw_samples(model, labels, len(labels), seed, temperature)
+        samples = draw_samples(model, labels, len(labels), seed, temperature, sampler=sampler)
     else:
         labels = None
-        samples = draw_samples(model, None, n_unconditional, seed, temperature)
+        samples = draw_samples(model, None, n_unconditional, seed, temperature, sampler=sampler)
     device = next(classifier.parameters()).device
     feats_fake = classifier.embed(samples.to(device))
     feats_real = classifier.embed(real.to(device))

@@ -164,11 +164,16 @@ def test_iwae_bound_does_not_decrease_with_k() -> None:
     assert isinstance(model, VAEModel)
     x, y = batch(64, seed=3)
     torch.manual_seed(0)
-    means = []
+    means, errs = [], []
     for k in (1, 8, 64):
-        runs = torch.stack([model.log_likelihood(x, y, k) for _ in range(5)])
+        runs = torch.stack([model.log_likelihood(x, y, k).mean() for _ in range(20)])  # [20]
         means.append(float(runs.mean()))
-    assert means[0] <= means[1] + 1e-3 <= means[2] + 2e-3, means
+        errs.append(float(runs.std() / 20**0.5))
+    # The bound is monotone in expectation; allow three Monte Carlo standard errors of slack.
+    for lo, hi in ((0, 1), (1, 2)):
+        slack = 3 * (errs[lo] ** 2 + errs[hi] ** 2) ** 0.5 + 1e-4
+        assert means[lo] <= means[hi] + slack, (means, errs)
+    assert means[0] < means[2], means
 
 
 def test_marginal_likelihood_and_posterior() -> None:

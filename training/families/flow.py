@@ -37,14 +37,17 @@ from .layers import (
 class FlowConfig(FamilyConfig):
     """Architecture of a multi-scale flow."""
 
-    coupling: Literal["affine", "additive", "spline"] = "affine"
+    # Defaults tuned on digits within a 3-minute CPU budget: rational-quadratic spline
+    # couplings beat affine ones by ~0.1 bpd at equal time, and 4 wide steps per level
+    # beat 8 narrow ones.
+    coupling: Literal["affine", "additive", "spline"] = "spline"
     levels: int = 2
-    steps_per_level: int = 8
-    hidden: int = 64
+    steps_per_level: int = 4
+    hidden: int = 96
     spline_bins: int = 8
     logit_alpha: float = 0.05
     dropout: float = 0.0
-    augment_transforms: bool = False  # condition on a data transform (distribution augmentation)
+    augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 
 class FlowStep(nn.Module):

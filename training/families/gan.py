@@ -27,8 +27,8 @@ class GANConfig(FamilyConfig):
     """Architecture and optimiser settings of the GAN."""
 
     latent: int = 32
-    g_channels: int = 64
-    d_channels: int = 64
+    g_channels: int = 48
+    d_channels: int = 48
     lr_d: float = 2e-4
     lr_g: float = 2e-4
     ema_decay: float = 0.995

@@ -29,17 +29,17 @@ from .vae import categorical_log_prob
 class PixelCNNConfig(FamilyConfig):
     """Architecture of the gated PixelCNN."""
 
-    channels: int = 64
+    channels: int = 48
     layers: int = 8
     kernel: int = 3
     dilations: tuple[int, ...] = (1,)
-    dropout: float = 0.0
+    dropout: float = 0.1
     onehot_input: bool = False
     output: Literal["categorical", "logistic_mixture"] = "categorical"
     mixtures: int = 5
     position_bias: bool = False
     members: int = 1
-    augment_transforms: bool = False  # condition on a data transform (distribution augmentation)
+    augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 
 def _group_mask(out_groups: Tensor, in_groups: Tensor, include_same: bool) -> Tensor:
