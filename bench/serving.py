@@ -1,0 +1,398 @@
+"""Serving benchmark: genserve vs the in-process limit vs a naive hand-written server.
+
+    python -m bench.serving [--store model_store] [--duration 6] [--out bench/results/cpu.json]
+
+Starts genserve and the naive server (bench/naive_server.py) as real processes on
+loopback and drives them with bench/httpload.py (a separate process) for bounded time at
+concurrency 1, 4, 16, 64. In the same run it measures the limit: the same graphs called
+in-process through the same runtime and thread settings, at the batch sizes the server
+forms. Workloads on the default digits models:
+  W1 bulk scoring: one /log-likelihood request of 10,000 rows, JSON and application/x-npy;
+  W2 single-row /log-likelihood;
+  W3 /sample n=64 for each family;
+  W4 PixelCNN /sample from 8 concurrent clients with n=8 each, vs one n=64 request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import io
+import json
+import os
+import platform
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from service.engine import build_engine, inline_caller
+from service.resources import available_cores
+from service.runtime import load_backend
+from service.store import ModelStore
+from training.data import load_dataset
+
+LIKELIHOOD = ("pixelcnn-digits", "vae-digits", "flow-digits")
+SAMPLERS = ("gan-digits", "vae-digits", "flow-digits", "pixelcnn-digits")
+CONCURRENCY = (1, 4, 16, 64)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """A uvicorn process serving an app factory on a free port."""
+
+    def __init__(self, factory: str, store: Path, extra_env: dict[str, str] | None = None) -> None:
+        self.port = free_port()
+        env = {**os.environ, "GENSERVE_MODEL_STORE": str(store), **(extra_env or {})}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "uvicorn",
+                "--factory",
+                factory,
+                "--port",
+                str(self.port),
+                "--no-access-log",
+                "--log-level",
+                "warning",
+            ],
+            env=env,
+        )
+        ready = "/health/ready" if factory.startswith("service") else "/docs"
+        for _ in range(600):
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}{ready}", timeout=1).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.1)
+        raise RuntimeError(f"{factory} did not become ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def load(
+    port: int,
+    path: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    content_type: str = "application/json",
+    requests: int | None = None,
+) -> dict[str, Any]:
+    """Run bench.httpload in its own process and return its JSON summary."""
+    with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as fh:
+        fh.write(body)
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.httpload",
+        "--port",
+        str(port),
+        "--path",
+        path,
+        "--body",
+        fh.name,
+        "-c",
+        str(concurrency),
+        "-d",
+        str(duration),
+        "--content-type",
+        content_type,
+    ]
+    if requests is not None:
+        cmd += ["-n", str(requests)]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    os.unlink(fh.name)
+    return json.loads(out.stdout)
+
+
+def timed(fn: Any, duration: float, min_runs: int = 3) -> list[float]:
+    """Call fn repeatedly for about `duration` seconds; per-call wall times (s)."""
+    times: list[float] = []
+    start = time.perf_counter()
+    while time.perf_counter() - start < duration or len(times) < min_runs:
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+class Limit:
+    """In-process calls through the same runtime (ONNX Runtime, same threads)."""
+
+    def __init__(self, store: ModelStore) -> None:
+        self.threads = available_cores()
+        self.engines = {}
+        self.loop = asyncio.new_event_loop()
+        for name in store.names():
+            version = store.open(name)
+            backend = load_backend(version, "onnxruntime", "cpu", self.threads)
+            self.engines[name] = build_engine(version.manifest, inline_caller(backend))
+
+    def score(self, name: str, x: np.ndarray, labels: np.ndarray | None) -> None:
+        engine = self.engines[name]
+        samples = int(engine.manifest.family_info.get("default_samples", 1) or 1)
+        self.loop.run_until_complete(engine.log_likelihood(x, labels, samples, 0))
+
+    def sample(self, name: str, n: int, labels: np.ndarray | None) -> None:
+        engine = self.engines[name]
+        rng = np.random.Generator(np.random.PCG64(0))
+        self.loop.run_until_complete(engine.sample(n, labels, rng))
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr, allow_pickle=False)
+    return buf.getvalue()
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    import onnxruntime
+    import torch
+
+    return {
+        "cpu": cpu,
+        "cores_available": available_cores(),
+        "python": platform.python_version(),
+        "onnxruntime": onnxruntime.__version__,
+        "torch": torch.__version__,
+        "device": "cpu",
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_STORE", "model_store")))
+    p.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
+    p.add_argument("--out", type=Path, default=Path("bench/results/cpu.json"))
+    p.add_argument("--skip", default="", help="comma-separated workloads to skip (W1,W2,W3,W4)")
+    a = p.parse_args()
+    skip = set(a.skip.split(",")) - {""}
+    store = ModelStore(a.store)
+    missing = [n for n in SAMPLERS if n not in store.names()]
+    if missing:
+        raise SystemExit(f"models missing from {a.store}: {missing}; run `make build-store` first")
+    digits = load_dataset("digits")
+    x_all = digits.x[:, 0]  # [1797, 8, 8]
+    results: dict[str, Any] = {"machine": machine(), "duration_s": a.duration}
+    limit = Limit(store)
+    genserve = Server("service.app:create_app", a.store)
+    naive = Server("bench.naive_server:create_app", a.store)
+    try:
+        if "W1" not in skip:
+            results["W1"] = bulk(genserve, limit, x_all, a.duration)
+        if "W2" not in skip:
+            results["W2"] = single_row(genserve, naive, limit, x_all, a.duration)
+        if "W3" not in skip:
+            results["W3"] = sampling(genserve, naive, limit, a.duration)
+        if "W4" not in skip:
+            results["W4"] = pixelcnn_fanin(genserve)
+    finally:
+        genserve.stop()
+        naive.stop()
+    a.out.parent.mkdir(parents=True, exist_ok=True)
+    a.out.write_text(json.dumps(results, indent=2))
+    print(render(results))
+    print(f"\nresults written to {a.out}")
+
+
+def bulk(server: Server, limit: Limit, x_all: np.ndarray, duration: float) -> dict[str, Any]:
+    """W1: one 10,000-row request (labels=3 for all rows), JSON and npy, vs the limit."""
+    rows = 10_000
+    x = np.resize(x_all, (rows, 8, 8))
+    out: dict[str, Any] = {}
+    for name in LIKELIHOOD:
+        xs = x[:, None].astype(np.int64)
+        lim = timed(lambda name=name, xs=xs: limit.score(name, xs, np.full(rows, 3)), duration)
+        body_json = json.dumps({"model": name, "inputs": x.tolist(), "labels": 3}).encode()
+        served_json = load(server.port, "/log-likelihood", body_json, 1, duration, requests=None)
+        served_npy = load(
+            server.port,
+            f"/log-likelihood?model={name}&labels=3",
+            npy(x.astype(np.uint8)),
+            1,
+            duration,
+            "application/x-npy",
+        )
+        lim_rps = rows / float(np.median(lim))
+        out[name] = {
+            "limit_rows_per_s": lim_rps,
+            "json_rows_per_s": rows * served_json["throughput_rps"],
+            "npy_rows_per_s": rows * served_npy["throughput_rps"],
+            "json_ratio": rows * served_json["throughput_rps"] / lim_rps,
+            "npy_ratio": rows * served_npy["throughput_rps"] / lim_rps,
+            "json": served_json,
+            "npy": served_npy,
+        }
+        e = out[name]
+        say(f"W1 {name}: limit {lim_rps:.0f} rows/s; npy {e['npy_ratio']:.2f}x, json {e['json_ratio']:.2f}x")
+    return out
+
+
+def single_row(
+    server: Server, naive: Server, limit: Limit, x_all: np.ndarray, duration: float
+) -> dict[str, Any]:
+    """W2: single-row /log-likelihood (labels given), concurrency sweep, vs limit and naive."""
+    out: dict[str, Any] = {}
+    for name in LIKELIHOOD:
+        x1 = x_all[:1]
+        body = json.dumps({"model": name, "inputs": x1.tolist(), "labels": 3}).encode()
+        x1i = x1[:, None].astype(np.int64)
+        single = timed(lambda name=name, x1i=x1i: limit.score(name, x1i, np.array([3])), duration)
+        entry: dict[str, Any] = {
+            "limit_single_p50_ms": 1000 * float(np.percentile(single, 50)),
+            "limit_single_p99_ms": 1000 * float(np.percentile(single, 99)),
+            "sweep": {},
+        }
+        for c in CONCURRENCY:
+            xb = np.resize(x_all, (c, 8, 8))[:, None].astype(np.int64)
+            lim = timed(lambda name=name, xb=xb, c=c: limit.score(name, xb, np.full(c, 3)), duration / 2)
+            g = load(server.port, "/log-likelihood", body, c, duration)
+            nv = load(naive.port, "/log-likelihood", body, c, duration)
+            entry["sweep"][c] = {"limit_rps": c / float(np.median(lim)), "genserve": g, "naive": nv}
+            say(
+                f"W2 {name} c={c}: genserve {g['throughput_rps']:.0f} rps p50 {g['p50_ms']:.2f} ms; "
+                f"naive {nv['throughput_rps']:.0f} rps; limit {c / float(np.median(lim)):.0f} rps"
+            )
+        out[name] = entry
+    return out
+
+
+def sampling(server: Server, naive: Server, limit: Limit, duration: float) -> dict[str, Any]:
+    """W3: /sample n=64 per family, concurrency sweep, vs limit and naive."""
+    out: dict[str, Any] = {}
+    n = 64
+    for name in SAMPLERS:
+        body = json.dumps({"model": name, "n": n, "labels": 5, "seed": 1}).encode()
+        lim = timed(lambda name=name: limit.sample(name, n, np.full(n, 5)), duration / 2)
+        entry: dict[str, Any] = {"limit_samples_per_s": n / float(np.median(lim)), "sweep": {}}
+        for c in CONCURRENCY:
+            if name.startswith("pixelcnn") and c > 16:
+                continue  # 64 concurrent 64-sample PixelCNN loops exceed a sensible bounded run here
+            g = load(server.port, "/sample", body, c, duration)
+            nv = load(naive.port, "/sample", body, c, duration)
+            entry["sweep"][c] = {"genserve": g, "naive": nv}
+            say(
+                f"W3 {name} c={c}: genserve {n * g['throughput_rps']:.0f} samples/s, "
+                f"naive {n * nv['throughput_rps']:.0f}; limit {entry['limit_samples_per_s']:.0f}"
+            )
+        out[name] = entry
+    return out
+
+
+def pixelcnn_fanin(server: Server) -> dict[str, Any]:
+    """W4: 8 concurrent n=8 PixelCNN requests vs one n=64 request (wall time)."""
+    one = json.dumps({"model": "pixelcnn-digits", "n": 64, "labels": 5, "seed": 1}).encode()
+    eight = json.dumps({"model": "pixelcnn-digits", "n": 8, "labels": 5, "seed": 1}).encode()
+    t_one = [load(server.port, "/sample", one, 1, 60, requests=1)["seconds"] for _ in range(5)]
+    t_eight = [load(server.port, "/sample", eight, 8, 60, requests=8)["seconds"] for _ in range(5)]
+    res = {"one_n64_s": float(np.median(t_one)), "eight_n8_s": float(np.median(t_eight))}
+    res["ratio"] = res["eight_n8_s"] / res["one_n64_s"]
+    say(f"W4: one n=64 {res['one_n64_s']:.3f}s; eight n=8 {res['eight_n8_s']:.3f}s; ratio {res['ratio']:.2f}")
+    return res
+
+
+def _row(cells: list[Any]) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def render(r: dict[str, Any]) -> str:
+    """Markdown tables of a results dict."""
+    m = r["machine"]
+    lines = [f"Machine: {m['cpu']}, {m['cores_available']} cores, onnxruntime {m['onnxruntime']}", ""]
+    if "W1" in r:
+        lines += ["W1 bulk scoring, one 10,000-row request", ""]
+        lines += [
+            _row(["model", "limit rows/s", "npy rows/s (ratio)", "JSON rows/s (ratio)"]),
+            _row(["---"] * 4),
+        ]
+        for name, e in r["W1"].items():
+            npy_cell = f"{e['npy_rows_per_s']:.0f} ({e['npy_ratio']:.2f})"
+            json_cell = f"{e['json_rows_per_s']:.0f} ({e['json_ratio']:.2f})"
+            lines.append(_row([name, f"{e['limit_rows_per_s']:.0f}", npy_cell, json_cell]))
+        lines.append("")
+    if "W2" in r:
+        head = ["model", "c", "genserve rps", "p50/p90/p99 ms", "errors", "naive rps", "naive p50/p99 ms"]
+        head += ["limit rps", "limit single p50/p99 ms"]
+        lines += ["W2 single-row /log-likelihood", "", _row(head), _row(["---"] * len(head))]
+        for name, e in r["W2"].items():
+            single = f"{e['limit_single_p50_ms']:.2f} / {e['limit_single_p99_ms']:.2f}"
+            for c, s in e["sweep"].items():
+                g, nv = s["genserve"], s["naive"]
+                lat = f"{g['p50_ms']:.2f} / {g['p90_ms']:.2f} / {g['p99_ms']:.2f}"
+                nlat = f"{nv['p50_ms']:.2f} / {nv['p99_ms']:.2f}"
+                cells = [
+                    name,
+                    c,
+                    f"{g['throughput_rps']:.0f}",
+                    lat,
+                    g["errors"],
+                    f"{nv['throughput_rps']:.0f}",
+                    nlat,
+                ]
+                lines.append(_row([*cells, f"{s['limit_rps']:.0f}", single]))
+        lines.append("")
+    if "W3" in r:
+        head = [
+            "model",
+            "c",
+            "genserve samples/s",
+            "p50/p99 ms",
+            "errors",
+            "naive samples/s",
+            "limit samples/s",
+        ]
+        lines += ["W3 /sample n=64", "", _row(head), _row(["---"] * len(head))]
+        for name, e in r["W3"].items():
+            for c, s in e["sweep"].items():
+                g, nv = s["genserve"], s["naive"]
+                lat = f"{g['p50_ms']:.1f} / {g['p99_ms']:.1f}"
+                cells = [
+                    name,
+                    c,
+                    f"{64 * g['throughput_rps']:.0f}",
+                    lat,
+                    g["errors"],
+                    f"{64 * nv['throughput_rps']:.0f}",
+                ]
+                lines.append(_row([*cells, f"{e['limit_samples_per_s']:.0f}"]))
+        lines.append("")
+    if "W4" in r:
+        w = r["W4"]
+        lines.append(
+            f"W4 PixelCNN: one n=64 request {w['one_n64_s']:.3f} s; 8 concurrent n=8 requests "
+            f"{w['eight_n8_s']:.3f} s; ratio {w['ratio']:.2f}"
+        )
+    return "\n".join(lines)
+
+
+def say(text: str) -> None:
+    """Progress line, flushed (the run takes minutes)."""
+    print(text, flush=True)
+
+
+if __name__ == "__main__":
+    main()
