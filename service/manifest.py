@@ -128,7 +128,15 @@ class CalibrationRecord(StrictModel):
         default=None, description="Method -> scores with each example's true label (conditional models)."
     )
     stats: dict[str, dict[str, float]] = Field(
-        default_factory=dict, description="Method -> summary statistics a score needs (e.g. typical set)."
+        default_factory=dict,
+        description="Method -> statistics a score needs (e.g. the typical NLL), from the validation split.",
+    )
+    stats_given_labels: dict[str, dict[str, float]] | None = Field(
+        default=None, description="The same statistics for labelled scoring (conditional models)."
+    )
+    selection: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Method -> validation AUROC per synthetic outlier set; the default maximises the mean.",
     )
 
 

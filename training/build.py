@@ -20,9 +20,8 @@ import torch
 from rich.console import Console
 
 import service
-from service.engine import Engine, build_engine, inline_caller, noise_rng
-from service.manifest import SCHEMA_VERSION, CalibrationRecord, Manifest
-from service.outliers import DEFAULT_METHOD, METHODS, calibration_scores, method_stats
+from service.engine import build_engine, inline_caller, noise_rng
+from service.manifest import SCHEMA_VERSION, Manifest
 from service.runtime import open_backend
 from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
 
@@ -32,14 +31,15 @@ from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_split
 from .evaluate import EvalSettings, ModelScores, score_model
 from .export import export_graphs
 from .families import GenerativeModel, default_config
+from .outlier_calibration import calibrate
 from .pipeline import data_for, gan_validator
 from .quality import Sampler
 from .train import default_train_config, train_run, training_key
 
 DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn")
 # Estimator sizes the service uses by default, and so the calibration scores use.
-SERVING_SAMPLES = {"flow": 8, "vae": 64, "pixelcnn": 1}
-_EXPORT_SOURCES = ("export.py", "build.py")
+SERVING_SAMPLES = {"flow": 8, "vae": 32, "pixelcnn": 1}
+_EXPORT_SOURCES = ("export.py", "build.py", "outlier_calibration.py", "ood_sets.py", "ood_metrics.py")
 
 
 @dataclass
@@ -95,31 +95,6 @@ def _up_to_date(store: ModelStore, name: str, build_key: str) -> ModelVersion | 
     except StoreError:
         return None
     return version if version.manifest.build_key == build_key else None
-
-
-async def _calibrate(engine: Engine, data: ImageDataset, splits: Splits) -> CalibrationRecord:
-    """Score the calibration split through the exported ONNX graphs, as the service will."""
-    samples = SERVING_SAMPLES[engine.family]
-    x = data.x[splits.calibration]
-    # Unlabelled requests to a conditional model are scored with the marginal p(x);
-    # labelled ones with p(x | y), calibrated here with each example's true label.
-    ll = await engine.log_likelihood(x, None, samples, seed=0)
-    stats = {m: method_stats(m, ll.log_likelihood, data.spec) for m in METHODS}
-    given = None
-    if engine.conditional and data.y is not None:
-        ll_y = await engine.log_likelihood(x, data.y[splits.calibration], samples, seed=0)
-        given = calibration_scores(ll_y.log_likelihood, x, data.spec, stats)
-    return CalibrationRecord(
-        size=len(x),
-        created=datetime.now(UTC).isoformat(timespec="seconds"),
-        estimator=ll.estimator + (" (marginal over labels)" if ll.marginal else ""),
-        samples=samples,
-        default_method=DEFAULT_METHOD,
-        log_likelihood=ll.log_likelihood.tolist(),
-        scores=calibration_scores(ll.log_likelihood, x, data.spec, stats),
-        scores_given_labels=given,
-        stats=stats,
-    )
 
 
 def publish_model(
@@ -202,7 +177,11 @@ def publish_model(
             return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng)))
 
         fields["evaluation"] = evaluate(served_samples).model_dump()
-        calibration = asyncio.run(_calibrate(engine, data, splits)) if engine.can_score else None
+        calibration = (
+            asyncio.run(calibrate(engine, data, splits, SERVING_SAMPLES[engine.family]))
+            if engine.can_score
+            else None
+        )
         backend.close()
         fields["calibration"] = None if calibration is None else calibration.model_dump()
         return stage.commit(fields)

@@ -56,7 +56,7 @@ _SMALL: dict[str, dict[str, Any]] = {
     "flow": {
         "lr": 2e-3,
         "schedule": "cosine",
-        "max_epochs": 150,
+        "max_epochs": 145,
         "augment": 0.5,
         "ema": 0.995,
         "val_every": 5,

@@ -206,7 +206,16 @@ async def log_likelihood(request: Request) -> Response:
     async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
         ll = await engine.log_likelihood(x, labels, samples, req.seed)
         outliers = await outlier_results(
-            engine, manifest, x, labels, ll, samples, req.alpha, req.outlier_method, req.all_outlier_methods
+            engine,
+            manifest,
+            x,
+            labels,
+            ll,
+            samples,
+            req.alpha,
+            req.outlier_method,
+            req.all_outlier_methods,
+            req.fdr,
         )
         return ll, outliers
 

@@ -47,15 +47,35 @@ def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
     cal = model.manifest.calibration
     if cal is None:
         return None
+    means = {m: sum(v.values()) / len(v) for m, v in cal.selection.items() if v}
     return {
         "default_method": cal.default_method,
-        "methods": {name: METHODS[name][1] for name in cal.scores if name in METHODS},
+        "default_chosen_by": (
+            "best mean AUROC of validation images against synthetic outlier sets built from "
+            "validation images (transformed and simpler inputs)"
+            if cal.selection
+            else "fixed default"
+        ),
+        "methods": {
+            name: {
+                "description": METHODS[name][1],
+                "statistics": cal.stats.get(name, {}),
+                "validation_auroc_mean": means.get(name),
+                "validation_auroc": cal.selection.get(name, {}),
+            }
+            for name in cal.scores
+            if name in METHODS
+        },
         "p_value": "conformal: (1 + #{calibration scores >= score}) / (n + 1)",
+        "is_outlier": "p_value <= alpha (request parameter, default 0.05)",
+        "fdr": "optional request parameter: Benjamini-Hochberg selection across the request's rows",
         "calibration": {
             "split": cal.split,
             "size": cal.size,
             "created": cal.created,
             "data": model.manifest.split.dataset,
+            "split_seed": model.manifest.split.seed,
+            "statistics_from": "validation split",
             "estimator": cal.estimator,
             "estimator_samples": cal.samples,
             "given_labels": cal.scores_given_labels is not None,

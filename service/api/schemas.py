@@ -72,6 +72,12 @@ class LogLikelihoodRequest(RequestModel):
     alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Outlier significance level.")
     outlier_method: str | None = Field(default=None, description="Outlier score; default the model's.")
     all_outlier_methods: bool = Field(default=False, description="Report every outlier method.")
+    fdr: float | None = Field(
+        default=None,
+        gt=0.0,
+        lt=1.0,
+        description="Also select outliers across the rows by Benjamini-Hochberg at this false-discovery rate",
+    )
 
 
 class OutlierResult(BaseModel):
@@ -80,8 +86,12 @@ class OutlierResult(BaseModel):
     method: str
     score: float = Field(description="Larger is more anomalous.")
     p_value: float = Field(description="Conformal p-value against the calibration split.")
-    is_outlier: bool
+    is_outlier: bool = Field(description="p_value <= alpha.")
     alpha: float
+    fdr: float | None = Field(default=None, description="The request's false-discovery rate, when given.")
+    bh_selected: bool | None = Field(
+        default=None, description="Selected by Benjamini-Hochberg across the request's rows at `fdr`."
+    )
 
 
 class LikelihoodRow(BaseModel):

@@ -191,7 +191,7 @@ def test_log_likelihood_json_and_npy(client: Client, family: str, digits: np.nda
     for row in rows:
         assert row["log_likelihood"] < 0
         assert row["bits_per_dim"] == pytest.approx(-row["log_likelihood"] / (64 * np.log(2)))
-        assert row["outlier"]["method"] == "nll"
+        assert row["outlier"]["method"] in {"nll", "typicality", "complexity"}
         assert 0 < row["outlier"]["p_value"] <= 1
         assert row["outlier"]["is_outlier"] == (row["outlier"]["p_value"] <= 0.05)
     buf = io.BytesIO()
@@ -218,11 +218,36 @@ def test_marginal_and_posterior_without_labels(client: Client, family: str, digi
 
 @pytest.mark.parametrize("family", LIKELIHOOD)
 def test_scores_do_not_depend_on_the_batch(client: Client, family: str, digits: np.ndarray) -> None:
-    together = client.post("/log-likelihood", json={"model": model(family), "inputs": digits.tolist()}).json()
-    alone = client.post(
-        "/log-likelihood", json={"model": model(family), "inputs": digits[3:4].tolist()}
-    ).json()
+    body = {"model": model(family), "all_outlier_methods": True}
+    together = client.post("/log-likelihood", json={**body, "inputs": digits.tolist()}).json()
+    alone = client.post("/log-likelihood", json={**body, "inputs": digits[3:4].tolist()}).json()
     assert alone["results"][0] == together["results"][3]
+    assert {o["method"] for o in alone["results"][0]["outliers"]} == {"nll", "typicality", "complexity"}
+
+
+@pytest.mark.parametrize("family", LIKELIHOOD)
+def test_outlier_methods_and_benjamini_hochberg(client: Client, family: str, digits: np.ndarray) -> None:
+    detail = client.get(f"/models/{model(family)}").json()["outlier_detection"]
+    assert set(detail["methods"]) == {"nll", "typicality", "complexity"}
+    assert detail["default_method"] in detail["methods"]
+    for m in detail["methods"].values():
+        assert m["description"]
+        assert set(m["validation_auroc"]) >= {"inverted", "constant", "blurred"}
+    assert detail["calibration"]["statistics_from"] == "validation split"
+    blank = np.zeros((2, 8, 8), dtype=np.int64)
+    inputs = np.concatenate([digits, blank]).tolist()
+    out = client.post(
+        "/log-likelihood",
+        json={"model": model(family), "inputs": inputs, "outlier_method": "typicality", "fdr": 0.2},
+    ).json()
+    rows = [r["outlier"] for r in out["results"]]
+    assert all(r["method"] == "typicality" and r["fdr"] == 0.2 for r in rows)
+    p = np.array([r["p_value"] for r in rows])
+    selected = np.array([r["bh_selected"] for r in rows])
+    # BH selects exactly a set of smallest p-values.
+    assert not selected.any() or p[selected].max() <= p[~selected].min(initial=1.0)
+    plain = client.post("/log-likelihood", json={"model": model(family), "inputs": inputs}).json()
+    assert "bh_selected" not in plain["results"][0]["outlier"] or plain["results"][0]["outlier"]["bh_selected"] is None
 
 
 def test_more_importance_samples_still_calibrated(client: Client, digits: np.ndarray) -> None:

@@ -1,0 +1,73 @@
+"""Synthetic outlier sets, detection metrics and the `ood-eval` protocols (tiny models)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from training.data import load_dataset
+from training.ood_eval import evaluate_novelty, evaluate_store, render_markdown
+from training.ood_metrics import detection_metrics
+from training.ood_sets import ALL_SETS, build_sets
+
+
+def test_sets_are_valid_images_and_deterministic() -> None:
+    x = load_dataset("digits").x[:50]
+    a, b = build_sets(x, 17, seed=4), build_sets(x, 17, seed=4)
+    assert set(a) == set(ALL_SETS)
+    for name, imgs in a.items():
+        assert imgs.shape == x.shape, name
+        assert imgs.dtype == np.int64
+        assert 0 <= imgs.min() and imgs.max() <= 16, name
+        np.testing.assert_array_equal(imgs, b[name])
+        assert not np.array_equal(imgs, x), name
+    np.testing.assert_array_equal(a["inverted"], 16 - x)
+    assert (a["strokes-erased"] <= x).all()
+    # Shuffling keeps each image's histogram.
+    np.testing.assert_array_equal(np.sort(a["pixel-shuffled"].reshape(50, -1)), np.sort(x.reshape(50, -1)))
+
+
+def test_detection_metrics() -> None:
+    inl, out = np.arange(100.0), np.arange(100.0) + 1000
+    assert detection_metrics(inl, out) == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}
+    flipped = detection_metrics(out, inl)
+    assert flipped["auroc"] == 0.0
+    assert flipped["fpr95"] == 1.0
+    same = detection_metrics(np.zeros(10), np.zeros(10))
+    assert same["auroc"] == pytest.approx(0.5)
+
+
+def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
+    report = evaluate_store(tiny_store, "digits")
+    assert set(report.protocols) == {"transformed", "simpler"}
+    detectors = {r.detector for r in report.protocols["simpler"]}
+    for fam in ("flow", "vae", "pixelcnn"):
+        assert {f"{fam}/nll", f"{fam}/typicality", f"{fam}/complexity"} <= detectors
+        assert report.defaults[fam] in {"nll", "typicality", "complexity"}
+    assert {"isolation-forest", "lof", "one-class-svm", "kde"} <= detectors
+    for rows in report.protocols.values():
+        for r in rows:
+            for m in r.sets.values():
+                assert all(0.0 <= v <= 1.0 for v in m.values())
+    kde = next(r for r in report.protocols["transformed"] if r.detector == "kde")
+    assert kde.sets["uniform-noise"]["auroc"] > 0.95  # a fitted density tells noise from digits
+    # Calibration rows: every likelihood model, marginal and labelled, every method.
+    assert len(report.calibration) == 3 * 2 * 3
+    for c in report.calibration:
+        assert c.n == report.calibration[0].n > 200  # the whole test split
+        assert 0.0 <= c.flagged["0.01"] <= c.flagged["0.05"] <= 0.2
+    text = render_markdown(report)
+    assert "| **flow/complexity** |" in text
+    assert "alpha 0.05" in text
+
+
+def test_novelty_protocol_retrains_without_the_held_out_class() -> None:
+    rows = evaluate_novelty(
+        "digits", classes=[0], families=("pixelcnn",), train_overrides={"max_epochs": 2, "val_every": 1}
+    )
+    names = {r.detector for r in rows}
+    assert {"pixelcnn/nll", "pixelcnn/typicality", "pixelcnn/complexity", "kde"} <= names
+    for r in rows:
+        assert list(r.sets) == ["class 0"]

@@ -1,0 +1,333 @@
+"""`genserve ood-eval`: how well each outlier score separates in- from out-of-distribution data.
+
+Protocols (shared DATA.md), each reporting AUROC, AUPR (outliers positive) and FPR at 95%
+TPR for every likelihood family x every score, next to classical detectors fitted on the
+same training images:
+
+- `transformed` and `simpler`: the store's served models, through their exported graphs and
+  the service's own engine and scores; in-distribution = the test split, outliers built from
+  the test images (`ood_sets`). Also checks calibration: the fraction of in-distribution test
+  inputs flagged at alpha = 0.05 and 0.01.
+- `novelty`: one run per held-out class, with models retrained on the other classes (a short
+  budget, eager graphs in the same engine); outliers = every image of the held-out class.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import torch
+from pydantic import BaseModel
+from rich.console import Console
+
+from service.engine import Engine, build_engine, inline_caller
+from service.manifest import Conditioning, DatasetSpec, Manifest
+from service.outliers import METHODS, all_stats, outlier_results, score
+from service.runtime import load_backend
+from service.store import ModelStore
+
+from .build import SERVING_SAMPLES
+from .data import ImageDataset, SplitFractions, load_dataset, make_splits
+from .detectors import fit_detectors
+from .export import EagerBackend
+from .families import GenerativeModel, build_model, default_config
+from .ood_metrics import detection_metrics
+from .ood_sets import SIMPLER, TRANSFORMED, build_sets
+from .runtime import configure_threads, seed_everything
+from .train import class_prior, default_train_config, fit, likelihood_validator
+
+LIKELIHOOD_FAMILIES = ("flow", "vae", "pixelcnn")
+Metrics = dict[str, float]
+
+
+class DetectorResult(BaseModel):
+    """One detector's metrics on each outlier set of a protocol."""
+
+    detector: str  # "flow/typicality", "kde", ...
+    kind: str  # "generative" | "classical"
+    sets: dict[str, Metrics]
+
+
+class CalibrationCheck(BaseModel):
+    """Fraction of in-distribution test inputs flagged at each alpha, per method."""
+
+    model: str
+    labels: str  # "marginal" | "given"
+    method: str
+    default: bool
+    n: int
+    flagged: dict[str, float]
+
+
+class OODReport(BaseModel):
+    """Everything `genserve ood-eval` measured."""
+
+    dataset: str
+    created: str
+    settings: dict[str, Any]
+    protocols: dict[str, list[DetectorResult]]
+    calibration: list[CalibrationCheck]
+    mean_nll_bpd: dict[str, dict[str, float]]  # family -> set ("test" too) -> mean NLL bits/dim
+    defaults: dict[str, str]
+
+
+@dataclass
+class Scored:
+    """A likelihood model scored the served way: engine, estimator size, score statistics."""
+
+    family: str
+    engine: Engine
+    samples: int
+    stats: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def log_likelihood(self, x: np.ndarray) -> np.ndarray:
+        """Marginal log p(x) per row (nats), as an unlabelled request gets it."""
+        return asyncio.run(self.engine.log_likelihood(x, None, self.samples, seed=0)).log_likelihood
+
+
+def _generative_rows(
+    models: list[Scored], x_in: np.ndarray, sets: dict[str, np.ndarray]
+) -> tuple[list[DetectorResult], dict[str, dict[str, float]]]:
+    rows, nll = [], {}
+    for m in models:
+        spec = m.engine.spec
+        ll_in = m.log_likelihood(x_in)
+        ll_out = {name: m.log_likelihood(x) for name, x in sets.items()}
+        nll[m.family] = {
+            name: float(np.mean(score("nll", ll, x_in, spec, {})))
+            for name, ll in {"test": ll_in, **ll_out}.items()
+        }
+        for method in METHODS:
+            s_in = score(method, ll_in, x_in, spec, m.stats[method])
+            metrics = {
+                name: detection_metrics(s_in, score(method, ll_out[name], x, spec, m.stats[method]))
+                for name, x in sets.items()
+            }
+            rows.append(DetectorResult(detector=f"{m.family}/{method}", kind="generative", sets=metrics))
+    return rows, nll
+
+
+def _classical_rows(
+    x_train: np.ndarray, levels: int, x_in: np.ndarray, sets: dict[str, np.ndarray], seed: int
+) -> list[DetectorResult]:
+    rows = []
+    for name, fn in fit_detectors(x_train, levels, seed).items():
+        s_in = fn(x_in)
+        metrics = {k: detection_metrics(s_in, fn(x)) for k, x in sets.items()}
+        rows.append(DetectorResult(detector=name, kind="classical", sets=metrics))
+    return rows
+
+
+def _calibration_checks(
+    name: str, scored: Scored, manifest: Manifest, x: np.ndarray, y: np.ndarray | None
+) -> list[CalibrationCheck]:
+    checks = []
+    cal = manifest.calibration
+    assert cal is not None
+    for labels, lab in (("marginal", None), ("given", y if scored.engine.conditional else None)):
+        if labels == "given" and lab is None:
+            continue
+        ll = asyncio.run(scored.engine.log_likelihood(x, lab, scored.samples, seed=0))
+        flags: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+        for alpha in (0.05, 0.01):
+            res = asyncio.run(
+                outlier_results(scored.engine, manifest, x, lab, ll, scored.samples, alpha, None, True)
+            )
+            for m in METHODS:
+                hits = [next(o for o in r["outliers"] if o["method"] == m)["is_outlier"] for r in res]
+                flags[m][str(alpha)] = float(np.mean(hits))
+        checks += [
+            CalibrationCheck(
+                model=name,
+                labels=labels,
+                method=m,
+                default=m == cal.default_method,
+                n=len(x),
+                flagged=flags[m],
+            )
+            for m in METHODS
+        ]
+    return checks
+
+
+def evaluate_store(
+    store_root: Any, dataset: str = "digits", seed: int = 2, console: Console | None = None
+) -> OODReport:
+    """The transformed and simpler protocols on the store's served likelihood models."""
+    store = ModelStore(store_root)
+    report = OODReport(
+        dataset=dataset,
+        created=datetime.now(UTC).isoformat(timespec="seconds"),
+        settings={"set_seed": seed},
+        protocols={},
+        calibration=[],
+        mean_nll_bpd={},
+        defaults={},
+    )
+    models, manifests = [], {}
+    data: ImageDataset | None = None
+    splits = None
+    for name in store.names():
+        version = store.open(name)
+        man = version.manifest
+        if man.family not in LIKELIHOOD_FAMILIES or man.split.dataset != dataset or man.calibration is None:
+            continue
+        if data is None:
+            data = load_dataset(dataset)
+            splits = make_splits(
+                data.y, len(data), seed=man.split.seed, fractions=SplitFractions(**man.split.fractions)
+            )
+        backend = load_backend(version, "onnxruntime", "cpu", torch.get_num_threads())
+        engine = build_engine(man, inline_caller(backend))
+        scored = Scored(man.family, engine, man.calibration.samples, man.calibration.stats)
+        models.append(scored)
+        manifests[name] = (scored, man)
+        report.defaults[man.family] = man.calibration.default_method
+    if data is None or splits is None:
+        raise ValueError(f"no likelihood models for {dataset} with calibration in {store_root}")
+    x_in = data.x[splits.test]
+    y_in = data.y[splits.test] if data.y is not None else None
+    all_sets = build_sets(x_in, data.spec.levels, seed=seed)
+    classical_all = _classical_rows(data.x[splits.train], data.spec.levels, x_in, all_sets, seed)
+    generative_all, report.mean_nll_bpd = _generative_rows(models, x_in, all_sets)
+    for protocol, kinds in (("transformed", TRANSFORMED), ("simpler", SIMPLER)):
+        report.protocols[protocol] = [
+            DetectorResult(
+                detector=r.detector, kind=r.kind, sets={k: v for k, v in r.sets.items() if k in kinds}
+            )
+            for r in generative_all + classical_all
+        ]
+    for name, (scored, man) in manifests.items():
+        report.calibration += _calibration_checks(name, scored, man, x_in, y_in)
+        if console:
+            console.print(f"scored {name}")
+    return report
+
+
+def eager_engine(model: GenerativeModel, spec: DatasetSpec, prior: list[float] | None) -> Engine:
+    """The service's engine over eager graph modules: served scoring without an export."""
+    # Engines read only the family, data spec, conditioning and family info from a manifest.
+    fields: dict[str, Any] = {
+        "family": model.family,
+        "dataset": spec,
+        "conditioning": Conditioning(conditional=model.conditional, class_prior=prior),
+        "family_info": model.export_info(),
+    }
+    manifest = Manifest.model_construct(**fields)
+    return build_engine(manifest, inline_caller(EagerBackend(model)))
+
+
+def _without_class(data: ImageDataset, held_out: int) -> ImageDataset:
+    assert data.y is not None
+    assert data.spec.label_names is not None
+    keep = data.y != held_out
+    names = [n for i, n in enumerate(data.spec.label_names) if i != held_out]
+    remap = np.cumsum(np.arange(len(data.spec.label_names)) != held_out) - 1  # old -> new label
+    spec = data.spec.model_copy(update={"label_names": names})
+    return ImageDataset(x=data.x[keep], y=remap[data.y[keep]], spec=spec)
+
+
+def evaluate_novelty(
+    dataset: str = "digits",
+    classes: list[int] | None = None,
+    minutes: float = 0.5,
+    families: tuple[str, ...] = LIKELIHOOD_FAMILIES,
+    seed: int = 0,
+    train_overrides: dict[str, Any] | None = None,
+    console: Console | None = None,
+) -> list[DetectorResult]:
+    """One-class novelty: per held-out class, models retrained on the rest score it.
+
+    Returns one row per detector with one metrics entry per held-out class ("class 3").
+    """
+    configure_threads()
+    data = load_dataset(dataset)
+    assert data.y is not None
+    assert data.spec.label_names is not None
+    classes = list(range(data.spec.num_classes)) if classes is None else classes
+    rows: dict[str, DetectorResult] = {}
+    for c in classes:
+        rest = _without_class(data, c)
+        assert rest.y is not None
+        splits = make_splits(rest.y, len(rest), seed=seed)
+        x_out = {f"class {data.spec.label_names[c]}": data.x[data.y == c]}
+        x_in = rest.x[splits.test]
+        x = torch.as_tensor(rest.x)
+        y = torch.as_tensor(rest.y)
+        tr, va = torch.as_tensor(splits.train), torch.as_tensor(splits.validation)
+        scored = []
+        for family in families:
+            tcfg = default_train_config(
+                family, rest.spec, **{"max_minutes": minutes, **(train_overrides or {})}
+            )
+            seed_everything(seed)
+            model = build_model(family, rest.spec, True, default_config(family, rest.spec))
+            validator = likelihood_validator(x[va], y[va], tcfg.val_samples)
+            model, _, _ = fit(
+                model,
+                x[tr],
+                y[tr],
+                validator,
+                tcfg,
+                seed,
+                label=f"{family} w/o {c}",
+                progress=console is not None,
+            )
+            model.cpu().eval()
+            prior = class_prior(rest.y[splits.train], rest.spec.num_classes)
+            s = Scored(family, eager_engine(model, rest.spec, prior), SERVING_SAMPLES.get(family, 1))
+            s.stats = all_stats(s.log_likelihood(rest.x[splits.validation]), rest.spec)
+            scored.append(s)
+        new_rows = _generative_rows(scored, x_in, x_out)[0]
+        new_rows += _classical_rows(rest.x[splits.train], rest.spec.levels, x_in, x_out, seed)
+        for r in new_rows:
+            rows.setdefault(
+                r.detector, DetectorResult(detector=r.detector, kind=r.kind, sets={})
+            ).sets.update(r.sets)
+        if console:
+            console.print(f"novelty: held-out class {c} done")
+    return list(rows.values())
+
+
+def _mean(values: list[float]) -> float:
+    return float(np.mean(values)) if values else float("nan")
+
+
+def render_markdown(report: OODReport) -> str:
+    """The report as markdown tables (what docs/outliers.md shows)."""
+    lines = [
+        f"Dataset `{report.dataset}`, run {report.created}. Served defaults: "
+        + ", ".join(f"{k} → `{v}`" for k, v in sorted(report.defaults.items()))
+        + "."
+    ]
+    for protocol, rows in report.protocols.items():
+        if not rows:
+            continue
+        sets = list(rows[0].sets)
+        lines += ["", f"### {protocol}: AUROC per outlier set", ""]
+        short = sets if len(sets) <= 9 else []
+        head = ["detector", *short, "mean AUROC", "mean AUPR", "mean FPR95"]
+        lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for r in rows:
+            cells = [f"{r.sets[s]['auroc']:.3f}" for s in short]
+            mean = [_mean([r.sets[s][k] for s in sets]) for k in ("auroc", "aupr", "fpr95")]
+            name = f"**{r.detector}**" if r.kind == "generative" else r.detector
+            lines.append("| " + " | ".join([name, *cells, *(f"{v:.3f}" for v in mean)]) + " |")
+    if report.mean_nll_bpd:
+        sets = list(next(iter(report.mean_nll_bpd.values())))
+        lines += ["", "### Mean NLL (bits/dim) per set: lower = the model calls it more likely", ""]
+        lines += ["| family | " + " | ".join(sets) + " |", "|" + "---|" * (len(sets) + 1)]
+        for fam, vals in report.mean_nll_bpd.items():
+            lines.append(f"| {fam} | " + " | ".join(f"{vals[s]:.3f}" for s in sets) + " |")
+    if report.calibration:
+        lines += ["", "### Calibration: fraction of in-distribution test inputs flagged", ""]
+        lines += ["| model | labels | method | n | alpha 0.05 | alpha 0.01 |", "|---|---|---|---|---|---|"]
+        for c in report.calibration:
+            m = f"**{c.method}** (default)" if c.default else c.method
+            flagged = f"{c.flagged['0.05']:.3f} | {c.flagged['0.01']:.3f}"
+            lines.append(f"| {c.model} | {c.labels} | {m} | {c.n} | {flagged} |")
+    return "\n".join(lines) + "\n"
