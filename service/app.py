@@ -10,7 +10,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -21,6 +20,7 @@ from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers
 from .batching import Batcher
 from .config import Settings
+from .lifecycle import Lifecycle, LifecycleMiddleware
 from .metrics import Metrics
 from .registry import Registry
 
@@ -35,17 +35,6 @@ _ENDPOINTS = {
     "/health/ready",
     "/metrics",
 }
-
-
-@dataclass
-class Lifecycle:
-    """Where the server is in its life: starting -> ready -> draining -> stopped."""
-
-    state: str = "starting"
-
-    @property
-    def accepting(self) -> bool:
-        return self.state == "ready"
 
 
 class MetricsMiddleware:
@@ -95,8 +84,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         app.state.registry = registry
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
         await registry.warm_up()
-        lifecycle.state = "ready" if registry.ready else "degraded"
-        metrics.ready.set(1 if registry.ready else 0)
+        # Live but not ready on a bad store: the process stays up so an orchestrator can
+        # report why (in /health/ready and the log) instead of restarting it in a loop.
+        partial = settings.allow_partial and bool(registry.models)
+        lifecycle.state = "ready" if registry.ready or partial else "degraded"
+        metrics.ready.set(1 if lifecycle.accepting else 0)
         if registry.ready:
             log.info(
                 "genserve %s ready: %d model(s) from %s",
@@ -104,7 +96,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 len(registry.models),
                 settings.model_store,
             )
+        elif partial:
+            lifecycle.reason = f"serving {len(registry.models)} model(s); some failed (allow_partial)"
+            log.warning(
+                "genserve %s ready with %d model(s), allow_partial set; NOT loaded: %s",
+                __version__,
+                len(registry.models),
+                registry.failures,
+            )
         else:
+            lifecycle.reason = "the model store failed verification or loading"
             log.error("genserve %s NOT ready: %s", __version__, registry.failures)
         try:
             yield
@@ -112,7 +113,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lifecycle.state = "stopped"
             metrics.ready.set(0)
             await batcher.close()
+            unloaded = len(registry.models)
             registry.close()
+            log.info("genserve stopped: %d model(s) unloaded", unloaded)
 
     app = FastAPI(
         title="genserve",
@@ -128,5 +131,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    # Inside the metrics middleware, so refusals while draining are counted as 503s.
+    app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle, metrics=metrics)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

@@ -44,3 +44,15 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(default=256, ge=1, description="Waiting calls per model before 503 + Retry-After.")
     request_timeout_s: float = Field(default=120.0, gt=0.0, description="Deadline per request (504 after).")
+
+    # Lifecycle (docs/deploy.md): keep the orchestrator's kill timeout above the grace period.
+    grace_period_s: float = Field(
+        default=30.0,
+        ge=0.0,
+        description="After SIGTERM, how long requests in progress may run before they are cancelled.",
+    )
+    allow_partial: bool = Field(
+        default=False,
+        description="Ready when at least one model loaded even if others failed verification "
+        "(default: any failure leaves the server live but not ready).",
+    )

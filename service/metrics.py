@@ -48,3 +48,10 @@ class Metrics:
         self.ready = Gauge(
             "genserve_ready", "1 when every model is loaded and warmed up.", registry=self.registry
         )
+        # Per-replica concurrency: it rises as soon as requests queue, before latency or
+        # CPU show it, so it is the autoscaler's signal (deploy/k8s/hpa.yaml).
+        self.inflight = Gauge(
+            "genserve_inflight_requests",
+            "Requests in progress (health and metrics excluded).",
+            registry=self.registry,
+        )

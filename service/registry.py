@@ -11,11 +11,11 @@ import numpy as np
 from .batching import Batcher, BatchLimits
 from .config import Settings
 from .engine import Engine, build_engine
-from .errors import ModelNotFoundError
+from .errors import ModelNotFoundError, NotReadyError
 from .manifest import Manifest
 from .metrics import Metrics
 from .resources import available_cores
-from .runtime import Backend, load_backend
+from .runtime import Backend, DeviceUnavailableError, load_backend
 from .store import ModelStore, ModelVersion, StoreError
 
 log = logging.getLogger("genserve.registry")
@@ -85,7 +85,14 @@ class Registry:
                 self.failures[name] = str(exc)
                 log.error("model %s not loaded: %s", name, exc)
                 continue
-            backend = load_backend(version, self.settings.backend, self.settings.device, threads)
+            try:
+                backend = load_backend(version, self.settings.backend, self.settings.device, threads)
+            except DeviceUnavailableError:
+                raise
+            except Exception as exc:  # a verified file the runtime still refuses
+                self.failures[name] = f"{name}/{version.version}: the runtime could not load it ({exc})"
+                log.error("model %s not loaded: %s", name, self.failures[name])
+                continue
             limits = BatchLimits(
                 max_batch=self.settings.max_batch,
                 max_delay=self.settings.max_delay_ms / 1000.0,
@@ -110,9 +117,16 @@ class Registry:
 
     async def warm_up(self) -> None:
         """Run every graph once so the first request pays no initialisation."""
-        for model in self.models.values():
-            for g in model.manifest.graphs:
-                await self.batcher.run_direct(model.backend, g.name, warmup_inputs(model.manifest, g.name))
+        for name, model in list(self.models.items()):
+            try:
+                for g in model.manifest.graphs:
+                    feeds = warmup_inputs(model.manifest, g.name)
+                    await self.batcher.run_direct(model.backend, g.name, feeds)
+            except Exception as exc:
+                self.failures[name] = f"{name}/{model.version.version}: warm-up failed ({exc})"
+                log.error("model %s not loaded: %s", name, self.failures[name])
+                model.backend.close()
+                del self.models[name]
 
     @property
     def ready(self) -> bool:
@@ -121,6 +135,10 @@ class Registry:
     def get(self, name: str, version: int | None = None) -> LoadedModel:
         """The loaded model `name` (at `version`, which must be the one loaded)."""
         model = self.models.get(name)
+        if model is None and name in self.failures:
+            # 503, not 404: the model exists but this replica could not load it; a load
+            # balancer may retry on one that did.
+            raise NotReadyError("that model failed verification or loading here; see /health/ready")
         if model is None:
             loaded = ", ".join(sorted(self.models)) or "none"
             raise ModelNotFoundError(f"no loaded model named that (loaded: {loaded})")

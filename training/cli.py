@@ -140,6 +140,37 @@ StoreOption = Annotated[
 ]
 
 
+@app.command("ood-eval")
+def ood_eval(
+    store: StoreOption = None,
+    dataset: Annotated[str, typer.Option()] = "digits",
+    novelty: Annotated[
+        bool, typer.Option("--novelty/--no-novelty", help="Also run one-class novelty (retrains).")
+    ] = True,
+    classes: Annotated[
+        list[int] | None, typer.Option("--class", help="Held-out classes for novelty (default all).")
+    ] = None,
+    novelty_minutes: Annotated[float, typer.Option(help="Training budget per novelty model.")] = 0.5,
+    report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/ood-eval.json"),
+    markdown: Annotated[Path | None, typer.Option(help="Also write the tables as markdown.")] = None,
+) -> None:
+    """Outlier-detection evaluation: every likelihood family x every score vs classical detectors."""
+    from .ood_eval import evaluate_novelty, evaluate_store, render_markdown
+
+    result = evaluate_store(_store_root(store), dataset, console=console)
+    result.settings["novelty_minutes"] = novelty_minutes if novelty else None
+    if novelty:
+        result.protocols["novelty"] = evaluate_novelty(dataset, classes, novelty_minutes, console=console)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(result.model_dump_json(indent=1))
+    text = render_markdown(result)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(text)
+    console.print(text, markup=False, highlight=False)
+    console.print(f"report written to {report}")
+
+
 @app.command("build-store")
 def build_store_cmd(
     store: StoreOption = None,
@@ -270,16 +301,28 @@ def serve(
     port: Annotated[int | None, typer.Option(help="Default $GENSERVE_PORT or 8000.")] = None,
     backend: Annotated[str | None, typer.Option(help="onnxruntime | torchscript")] = None,
     device: Annotated[str | None, typer.Option(help="auto | cpu | cuda")] = None,
+    grace_period: Annotated[
+        float | None,
+        typer.Option(help="Seconds requests may run after SIGTERM. Default $GENSERVE_GRACE_PERIOD_S or 30."),
+    ] = None,
     build: Annotated[
         bool, typer.Option("--build/--no-build", help="Build the default store if empty.")
     ] = True,
     checkpoints: Annotated[Path, typer.Option()] = DEFAULT_CHECKPOINTS,
 ) -> None:
-    """Serve the store over HTTP (building the default zoo first if the store is empty)."""
+    """Serve the store over HTTP (building the default zoo first if the store is empty).
+
+    SIGTERM or Ctrl+C drains: readiness turns 503, new requests get 503 + Retry-After,
+    requests in progress finish (up to the grace period), models are unloaded, exit 0.
+    """
+    import copy
+
     import uvicorn
+    from uvicorn.config import LOGGING_CONFIG
 
     from service.app import create_app
     from service.config import Settings
+    from service.lifecycle import GracefulServer
     from service.runtime import DeviceUnavailableError, resolve_device
     from service.store import ModelStore
 
@@ -291,6 +334,7 @@ def serve(
             "port": port,
             "backend": backend,
             "device": device,
+            "grace_period_s": grace_period,
         }.items()
         if v is not None
     }
@@ -308,13 +352,27 @@ def serve(
     console.print(
         f"serving {settings.model_store} with {settings.backend} on {where} at http://{settings.host}:{settings.port}"
     )
-    uvicorn.run(
-        create_app(settings),
+    app_ = create_app(settings)
+    # uvicorn configures only its own loggers; without this the service's start-up,
+    # failure and drain messages would not reach the container log.
+    log_config = copy.deepcopy(LOGGING_CONFIG)
+    log_config["loggers"]["genserve"] = {
+        "handlers": ["default"],
+        "level": settings.log_level.upper(),
+        "propagate": False,
+    }
+    config = uvicorn.Config(
+        app_,
         host=settings.host,
         port=settings.port,
         log_level=settings.log_level,
-        timeout_graceful_shutdown=30,
+        log_config=log_config,
+        # The drain already waited for requests; this only bounds closing idle
+        # connections and any straggler that raced the drain.
+        timeout_graceful_shutdown=3,
     )
+    server = GracefulServer(config, app_.state.lifecycle, settings.grace_period_s)
+    server.run()  # start-up failures exit 3 from inside uvicorn
 
 
 def main() -> None:

@@ -13,18 +13,26 @@ router = APIRouter(tags=["health"])
 
 @router.get("/health/live", summary="The process is up")
 async def live() -> dict[str, str]:
-    """200 whenever the server can answer at all."""
+    """200 whenever the server can answer at all: while degraded and while draining too."""
     return {"status": "live"}
 
 
 @router.get("/health/ready", summary="Every model loaded, verified and warmed up")
 async def ready(request: Request) -> Response:
-    """200 when ready to serve; 503 (with the reasons) while starting, draining or broken."""
+    """200 when ready to serve; 503 (with the reasons) while starting, draining or broken.
+
+    The body names each model that failed and why (for a bad store: the version and the
+    file that failed verification), and the lifecycle state.
+    """
     state = request.app.state
-    status: dict[str, Any] = state.registry.status()
-    ok = status["ready"] and state.lifecycle.accepting
+    lifecycle = state.lifecycle
+    registry = getattr(state, "registry", None)  # absent before the lifespan starts
+    status: dict[str, Any] = registry.status() if registry is not None else {"models": {}, "failures": {}}
+    ok = lifecycle.accepting
     status["ready"] = ok
-    status["state"] = state.lifecycle.state
+    status["state"] = lifecycle.state
+    if lifecycle.reason:
+        status["detail"] = lifecycle.reason
     return JSONResponse(status, status_code=200 if ok else 503)
 
 
