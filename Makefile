@@ -4,9 +4,12 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+# Where torch comes from: empty for PyPI; the container image sets PyTorch's CPU or CUDA index.
+TORCH_INDEX_URL ?=
+ONNXRUNTIME_GPU_VERSION ?= 1.31.1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: serve build-store test lint typecheck unit bench clean-store
+.PHONY: serve build-store test lint typecheck unit bench clean-store install install-dev gpu-runtime
 
 serve: $(VENV)/.installed  ## build the default models if needed, then serve on 127.0.0.1:8000
 	$(BIN)/genserve serve
@@ -32,7 +35,7 @@ bench: $(VENV)/.installed-dev  ## serving benchmark (see docs/benchmarks.md)
 $(VENV)/.torch:
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
-	$(PIP) install -q torch==$(TORCH_VERSION)
+	$(PIP) install -q torch==$(TORCH_VERSION) $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL))
 	touch $@
 
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
@@ -43,6 +46,15 @@ $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 $(VENV)/.installed-dev: $(VENV)/.installed
 	$(PIP) install -q -e '.[dev]'
 	touch $@
+
+install: $(VENV)/.installed  ## the serving and training install, without running anything
+
+install-dev: $(VENV)/.installed-dev
+
+# onnxruntime and onnxruntime-gpu install the same module: swap, never both (Dockerfile cuda target).
+gpu-runtime: $(VENV)/.installed
+	$(PIP) uninstall -q -y onnxruntime
+	$(PIP) install -q onnxruntime-gpu==$(ONNXRUNTIME_GPU_VERSION)
 
 clean-store:  ## remove the built store and checkpoints
 	rm -rf model_store/*/ checkpoints
