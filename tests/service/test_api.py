@@ -247,7 +247,10 @@ def test_outlier_methods_and_benjamini_hochberg(client: Client, family: str, dig
     # BH selects exactly a set of smallest p-values.
     assert not selected.any() or p[selected].max() <= p[~selected].min(initial=1.0)
     plain = client.post("/log-likelihood", json={"model": model(family), "inputs": inputs}).json()
-    assert "bh_selected" not in plain["results"][0]["outlier"] or plain["results"][0]["outlier"]["bh_selected"] is None
+    assert (
+        "bh_selected" not in plain["results"][0]["outlier"]
+        or plain["results"][0]["outlier"]["bh_selected"] is None
+    )
 
 
 def test_more_importance_samples_still_calibrated(client: Client, digits: np.ndarray) -> None:

@@ -20,7 +20,7 @@ def test_sets_are_valid_images_and_deterministic() -> None:
     for name, imgs in a.items():
         assert imgs.shape == x.shape, name
         assert imgs.dtype == np.int64
-        assert 0 <= imgs.min() and imgs.max() <= 16, name
+        assert imgs.min() >= 0 and imgs.max() <= 16, name
         np.testing.assert_array_equal(imgs, b[name])
         assert not np.array_equal(imgs, x), name
     np.testing.assert_array_equal(a["inverted"], 16 - x)
