@@ -26,7 +26,7 @@ from rich.console import Console
 
 from service.engine import Engine, build_engine, inline_caller
 from service.manifest import Conditioning, DatasetSpec, Manifest
-from service.outliers import METHODS, all_stats, outlier_results, score
+from service.outliers import METHODS, all_stats, nll_bits_per_dim, outlier_results, score
 from service.runtime import load_backend
 from service.store import ModelStore
 
@@ -98,8 +98,7 @@ def _generative_rows(
         ll_in = m.log_likelihood(x_in)
         ll_out = {name: m.log_likelihood(x) for name, x in sets.items()}
         nll[m.family] = {
-            name: float(np.mean(score("nll", ll, x_in, spec, {})))
-            for name, ll in {"test": ll_in, **ll_out}.items()
+            name: float(np.mean(nll_bits_per_dim(ll, spec))) for name, ll in {"test": ll_in, **ll_out}.items()
         }
         for method in METHODS:
             s_in = score(method, ll_in, x_in, spec, m.stats[method])
@@ -132,14 +131,16 @@ def _calibration_checks(
         if labels == "given" and lab is None:
             continue
         ll = asyncio.run(scored.engine.log_likelihood(x, lab, scored.samples, seed=0))
-        flags: dict[str, dict[str, float]] = {m: {} for m in METHODS}
-        for alpha in (0.05, 0.01):
-            res = asyncio.run(
-                outlier_results(scored.engine, manifest, x, lab, ll, scored.samples, alpha, None, True)
-            )
-            for m in METHODS:
-                hits = [next(o for o in r["outliers"] if o["method"] == m)["is_outlier"] for r in res]
-                flags[m][str(alpha)] = float(np.mean(hits))
+        # One pass through the service's scoring gives every method's p-values; each alpha
+        # is a threshold on them (is_outlier = p <= alpha).
+        res = asyncio.run(
+            outlier_results(scored.engine, manifest, x, lab, ll, scored.samples, 0.05, None, True)
+        )
+        p_values = {
+            m: np.array([next(o for o in r["outliers"] if o["method"] == m)["p_value"] for r in res])
+            for m in METHODS
+        }
+        flags = {m: {str(a): float(np.mean(p_values[m] <= a)) for a in (0.05, 0.01)} for m in METHODS}
         checks += [
             CalibrationCheck(
                 model=name,
