@@ -39,7 +39,18 @@ from .train import default_train_config, train_run, training_key
 DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn")
 # Estimator sizes the service uses by default, and so the calibration scores use.
 SERVING_SAMPLES = {"flow": 8, "vae": 32, "pixelcnn": 1}
-_EXPORT_SOURCES = ("export.py", "build.py", "outlier_calibration.py", "ood_sets.py", "ood_metrics.py")
+# Everything between a checkpoint and its published version, the manifest's evaluation
+# included: editing any of these re-publishes (without retraining).
+_EXPORT_SOURCES = (
+    "export.py",
+    "build.py",
+    "evaluate.py",
+    "quality.py",
+    "classifier.py",
+    "outlier_calibration.py",
+    "ood_sets.py",
+    "ood_metrics.py",
+)
 
 
 @dataclass

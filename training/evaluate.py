@@ -27,8 +27,9 @@ from .quality import Sampler, frechet_distance, sample_quality
 class EvalSettings:
     """How hard evaluation looks. The defaults are the reported ones; tests use less."""
 
-    # K ≥ 256 importance samples for VAEs (the field's usual reporting), 16 draws for flows.
-    samples: dict[str, int] = field(default_factory=lambda: {"vae": 512, "flow": 16, "pixelcnn": 1})
+    # K ≥ 256 importance samples for VAEs (the field's usual reporting), and as many
+    # uniform dequantization draws, importance-weighted, for flows.
+    samples: dict[str, int] = field(default_factory=lambda: {"vae": 512, "flow": 512, "pixelcnn": 1})
     marginal_samples: dict[str, int] = field(default_factory=lambda: {"vae": 64, "flow": 4, "pixelcnn": 1})
     quality_per_class: int = 100
     classifier_epochs: int = 60
