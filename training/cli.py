@@ -150,7 +150,10 @@ def ood_eval(
     classes: Annotated[
         list[int] | None, typer.Option("--class", help="Held-out classes for novelty (default all).")
     ] = None,
-    novelty_minutes: Annotated[float, typer.Option(help="Training budget per novelty model.")] = 0.5,
+    novelty_minutes: Annotated[float, typer.Option(help="Wall-clock cap per novelty model.")] = 1.5,
+    novelty_epochs: Annotated[
+        float, typer.Option(help="Novelty models train this share of their default epochs.")
+    ] = 0.3,
     report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/ood-eval.json"),
     markdown: Annotated[Path | None, typer.Option(help="Also write the tables as markdown.")] = None,
 ) -> None:
@@ -159,8 +162,11 @@ def ood_eval(
 
     result = evaluate_store(_store_root(store), dataset, console=console)
     result.settings["novelty_minutes"] = novelty_minutes if novelty else None
+    result.settings["novelty_epochs"] = novelty_epochs if novelty else None
     if novelty:
-        result.protocols["novelty"] = evaluate_novelty(dataset, classes, novelty_minutes, console=console)
+        result.protocols["novelty"] = evaluate_novelty(
+            dataset, classes, novelty_minutes, epoch_scale=novelty_epochs, console=console
+        )
     report.parent.mkdir(parents=True, exist_ok=True)
     report.write_text(result.model_dump_json(indent=1))
     text = render_markdown(result)
