@@ -225,7 +225,7 @@ def evaluate_and_publish(
             splits,
             classifier,
             info.class_prior,
-            training={k: v for k, v in info.record.items() if k != "history"},
+            training=info.training_summary,
             settings=settings,
             sampler=sampler,
         )

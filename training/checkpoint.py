@@ -47,6 +47,11 @@ class CheckpointInfo(BaseModel):
         default_factory=lambda: {"torch": torch.__version__, "python": platform.python_version()}
     )
 
+    @property
+    def training_summary(self) -> dict[str, Any]:
+        """The training record without its per-epoch history (what reports show)."""
+        return {k: v for k, v in self.record.items() if k != "history"}
+
 
 def code_fingerprint() -> str:
     """sha256 over the training sources that determine a trained model."""

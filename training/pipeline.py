@@ -79,7 +79,7 @@ def evaluate_checkpoints(
                 splits,
                 classifier,
                 info.class_prior,
-                training={k: v for k, v in info.record.items() if k != "history"},
+                training=info.training_summary,
             )
         )
     report = EvaluationReport(
