@@ -109,6 +109,23 @@ class SplitRecord(StrictModel):
     test: list[int]
 
 
+class BackgroundRecord(StrictModel):
+    """A local background model (service/background.py): log p(pixel | left, upper bins)."""
+
+    kind: Literal["local-context"] = "local-context"
+    levels: int = Field(ge=2)
+    bins: int = Field(ge=1, description="Neighbour values are quantized to this many bins.")
+    smoothing: float = Field(ge=0.0)
+    images: int = Field(ge=0, description="Training images it was counted on.")
+    log_probs: list[list[float]] = Field(description="[(bins+1)^2 contexts, levels] log-probabilities.")
+
+    @model_validator(mode="after")
+    def _table_shape(self) -> BackgroundRecord:
+        if len(self.log_probs) != (self.bins + 1) ** 2 or any(len(r) != self.levels for r in self.log_probs):
+            raise ValueError(f"log_probs must be [{(self.bins + 1) ** 2}, {self.levels}]")
+        return self
+
+
 class CalibrationRecord(StrictModel):
     """In-distribution reference scores for conformal p-values.
 
@@ -137,6 +154,25 @@ class CalibrationRecord(StrictModel):
     selection: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="Method -> validation AUROC per synthetic outlier set; the default maximises the mean.",
+    )
+    background: BackgroundRecord | None = Field(
+        default=None,
+        description="Background model of the likelihood-ratio score, fitted on the training split.",
+    )
+
+
+class SamplingRecord(StrictModel):
+    """The temperature a request without one samples at, and how it was chosen.
+
+    Reduced-temperature sampling (Glow's T < 1) trades diversity for fidelity; the build
+    picks the grid value whose samples lie closest to the validation split, so the default
+    is a held-out choice, not a hand-tuned one.
+    """
+
+    default_temperature: float = Field(gt=0.0, le=10.0)
+    selected_by: str = Field(description="How the default was chosen.")
+    validation_fid: dict[str, float] = Field(
+        default_factory=dict, description="Candidate temperature -> Fréchet distance to the validation split."
     )
 
 
@@ -170,6 +206,9 @@ class Manifest(StrictModel):
     files: list[FileEntry]
     evaluation: dict[str, Any] = Field(description="Held-out test-split report row.")
     calibration: CalibrationRecord | None = Field(description="None for families without likelihood.")
+    sampling: SamplingRecord | None = Field(
+        default=None, description="Default sampling temperature; None means 1.0 (older stores)."
+    )
     split: SplitRecord
     training: TrainingRecord
     versions: dict[str, str] = Field(description="torch, onnx, onnxruntime, genserve, python.")
@@ -189,6 +228,11 @@ class Manifest(StrictModel):
         if self.conditioning.conditional and not self.dataset.label_names:
             raise ValueError("a conditional model needs label names in its dataset spec")
         return self
+
+    @property
+    def default_temperature(self) -> float:
+        """The temperature `/sample` uses when a request gives none."""
+        return 1.0 if self.sampling is None else self.sampling.default_temperature
 
     def graph(self, name: str) -> GraphSpec:
         """The graph called `name`."""

@@ -8,7 +8,10 @@ negative log-likelihood the service offers scores that correct for that:
 - `typicality`: how far an input's NLL lies from the in-distribution typical value,
   two-sided (Nalisnick et al. 2019b, the single-input typicality test);
 - `complexity`: NLL minus the input's lossless compressed length, both in bits per
-  dimension (Serrà et al. 2020, with raw DEFLATE as the compressor).
+  dimension (Serrà et al. 2020, with raw DEFLATE as the compressor);
+- `likelihood_ratio`: NLL minus the NLL of a local background model fitted on the
+  training split (Ren et al. 2019's ratio, with Schirrmeister et al. 2020's local
+  background; see background.py): a learned compressor in place of DEFLATE.
 
 Every score is "larger = more anomalous". A p-value compares a score with the scores of
 the held-out in-distribution calibration split stored in the manifest:
@@ -30,14 +33,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from .background import background_log_likelihood
 from .errors import InvalidInputError
-from .manifest import CalibrationRecord, DatasetSpec, Manifest
+from .manifest import BackgroundRecord, CalibrationRecord, DatasetSpec, Manifest
 
 if TYPE_CHECKING:
     from .engine import Engine, Likelihood
 
 FloatArray = NDArray[np.float64]
-ScoreFn = Callable[[FloatArray, np.ndarray, DatasetSpec, dict[str, float]], FloatArray]
+ScoreFn = Callable[
+    [FloatArray, np.ndarray, DatasetSpec, dict[str, float], BackgroundRecord | None], FloatArray
+]
 
 
 def nll_bits_per_dim(log_likelihood: FloatArray, spec: DatasetSpec) -> FloatArray:
@@ -61,16 +67,30 @@ def compressed_bits(x: np.ndarray, spec: DatasetSpec) -> FloatArray:
     return out
 
 
-def _nll(ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float]) -> FloatArray:
+def _nll(
+    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
     return nll_bits_per_dim(ll, spec)
 
 
-def _typicality(ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float]) -> FloatArray:
+def _typicality(
+    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
     return np.abs(nll_bits_per_dim(ll, spec) - stats["typical_bpd"])
 
 
-def _complexity(ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float]) -> FloatArray:
+def _complexity(
+    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
     return nll_bits_per_dim(ll, spec) - compressed_bits(x, spec) / spec.dims
+
+
+def _likelihood_ratio(
+    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
+    if bg is None:
+        raise ValueError("likelihood_ratio needs a background model")
+    return nll_bits_per_dim(ll, spec) - nll_bits_per_dim(background_log_likelihood(bg, x), spec)
 
 
 METHODS: dict[str, tuple[ScoreFn, str]] = {
@@ -85,7 +105,14 @@ METHODS: dict[str, tuple[ScoreFn, str]] = {
         "NLL minus the input's losslessly compressed length (raw DEFLATE), bits/dim: corrects "
         "likelihood for input complexity (Serrà et al. 2020)",
     ),
+    "likelihood_ratio": (
+        _likelihood_ratio,
+        "NLL minus the NLL of a local background model (each pixel given its left and upper "
+        "neighbours, fitted on the training split), bits/dim: the likelihood ratio of Ren et al. "
+        "2019 with a local background (Schirrmeister et al. 2020)",
+    ),
 }
+NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
 DEFAULT_METHOD = "nll"  # only the fallback: each build picks its default on validation data
 
 
@@ -96,12 +123,22 @@ def method_stats(method: str, reference_ll: FloatArray, spec: DatasetSpec) -> di
     return {}
 
 
+def available_methods(background: BackgroundRecord | None) -> list[str]:
+    """The methods a model can be scored with (stores built without a background lack one)."""
+    return [m for m in METHODS if background is not None or m not in NEEDS_BACKGROUND]
+
+
 def score(
-    method: str, ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float]
+    method: str,
+    ll: FloatArray,
+    x: np.ndarray,
+    spec: DatasetSpec,
+    stats: dict[str, float],
+    background: BackgroundRecord | None = None,
 ) -> FloatArray:
     """Scores of one method for rows with log-likelihoods `ll` (nats) and inputs `x`."""
     fn, _ = METHODS[method]
-    return fn(np.asarray(ll, dtype=np.float64), x, spec, stats)
+    return fn(np.asarray(ll, dtype=np.float64), x, spec, stats, background)
 
 
 def all_stats(reference_ll: FloatArray, spec: DatasetSpec) -> dict[str, dict[str, float]]:
@@ -110,10 +147,16 @@ def all_stats(reference_ll: FloatArray, spec: DatasetSpec) -> dict[str, dict[str
 
 
 def calibration_scores(
-    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, dict[str, float]]
+    ll: FloatArray,
+    x: np.ndarray,
+    spec: DatasetSpec,
+    stats: dict[str, dict[str, float]],
+    background: BackgroundRecord | None = None,
 ) -> dict[str, list[float]]:
-    """Every method's scores for the calibration split (stored in the manifest)."""
-    return {m: score(m, ll, x, spec, stats.get(m, {})).tolist() for m in METHODS}
+    """Every available method's scores for the calibration split (stored in the manifest)."""
+    return {
+        m: score(m, ll, x, spec, stats.get(m, {}), background).tolist() for m in available_methods(background)
+    }
 
 
 def conformal_p_values(calibration: FloatArray, scores: FloatArray) -> FloatArray:
@@ -184,7 +227,7 @@ async def outlier_results(
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]
     per_method: dict[str, tuple[FloatArray, FloatArray, NDArray[np.bool_] | None]] = {}
     for m in methods:
-        s = score(m, values, x, spec, stats.get(m, {}))
+        s = score(m, values, x, spec, stats.get(m, {}), cal.background)
         p = conformal_p_values(np.asarray(table[m]), s)
         per_method[m] = (s, p, None if fdr is None else benjamini_hochberg(p, fdr))
     out = []

@@ -182,12 +182,21 @@ def publish_model(
         backend = open_backend(provisional.graphs, stage.path, "onnxruntime", "cpu", torch.get_num_threads())
         engine = build_engine(provisional, inline_caller(backend))
 
-        def served_samples(n: int, labels: torch.Tensor | None, seed: int) -> torch.Tensor:
+        def served_samples(
+            n: int, labels: torch.Tensor | None, seed: int, temperature: float
+        ) -> torch.Tensor:
             lab = None if labels is None else labels.numpy().astype(np.int64)
             rng = noise_rng(seed)
-            return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng)))
+            return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng, temperature)))
 
-        fields["evaluation"] = evaluate(served_samples).model_dump()
+        scores = evaluate(served_samples)
+        fields["evaluation"] = scores.model_dump()
+        if scores.temperature_validation_fid is not None:
+            fields["sampling"] = {
+                "default_temperature": scores.sample_temperature,
+                "selected_by": "lowest Fréchet distance to the validation split in the judge's feature space",
+                "validation_fid": scores.temperature_validation_fid,
+            }
         calibration = (
             asyncio.run(calibrate(engine, data, splits, SERVING_SAMPLES[engine.family]))
             if engine.can_score
@@ -210,7 +219,7 @@ def evaluate_and_publish(
     settings: EvalSettings | None = None,
 ) -> ModelVersion:
     """Score on the test split (with the cached judge) and publish."""
-    settings = settings or EvalSettings()
+    settings = settings or EvalSettings.for_dims(data.spec.dims)
     classifier = None
     if data.y is not None:
         classifier, _ = load_or_train_classifier(

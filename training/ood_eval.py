@@ -24,9 +24,10 @@ import torch
 from pydantic import BaseModel
 from rich.console import Console
 
+from service.background import fit_background
 from service.engine import Engine, build_engine, inline_caller
-from service.manifest import Conditioning, DatasetSpec, Manifest
-from service.outliers import METHODS, all_stats, nll_bits_per_dim, outlier_results, score
+from service.manifest import BackgroundRecord, Conditioning, DatasetSpec, Manifest
+from service.outliers import all_stats, available_methods, nll_bits_per_dim, outlier_results, score
 from service.runtime import load_backend
 from service.store import ModelStore
 
@@ -83,6 +84,7 @@ class Scored:
     engine: Engine
     samples: int
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
+    background: BackgroundRecord | None = None
 
     def log_likelihood(self, x: np.ndarray) -> np.ndarray:
         """Marginal log p(x) per row (nats), as an unlabelled request gets it."""
@@ -100,10 +102,12 @@ def _generative_rows(
         nll[m.family] = {
             name: float(np.mean(nll_bits_per_dim(ll, spec))) for name, ll in {"test": ll_in, **ll_out}.items()
         }
-        for method in METHODS:
-            s_in = score(method, ll_in, x_in, spec, m.stats[method])
+        for method in available_methods(m.background):
+            s_in = score(method, ll_in, x_in, spec, m.stats[method], m.background)
             metrics = {
-                name: detection_metrics(s_in, score(method, ll_out[name], x, spec, m.stats[method]))
+                name: detection_metrics(
+                    s_in, score(method, ll_out[name], x, spec, m.stats[method], m.background)
+                )
                 for name, x in sets.items()
             }
             rows.append(DetectorResult(detector=f"{m.family}/{method}", kind="generative", sets=metrics))
@@ -127,6 +131,7 @@ def _calibration_checks(
     checks = []
     cal = manifest.calibration
     assert cal is not None
+    methods = available_methods(cal.background)
     for labels, lab in (("marginal", None), ("given", y if scored.engine.conditional else None)):
         if labels == "given" and lab is None:
             continue
@@ -138,9 +143,9 @@ def _calibration_checks(
         )
         p_values = {
             m: np.array([next(o for o in r["outliers"] if o["method"] == m)["p_value"] for r in res])
-            for m in METHODS
+            for m in methods
         }
-        flags = {m: {str(a): float(np.mean(p_values[m] <= a)) for a in (0.05, 0.01)} for m in METHODS}
+        flags = {m: {str(a): float(np.mean(p_values[m] <= a)) for a in (0.05, 0.01)} for m in methods}
         checks += [
             CalibrationCheck(
                 model=name,
@@ -150,7 +155,7 @@ def _calibration_checks(
                 n=len(x),
                 flagged=flags[m],
             )
-            for m in METHODS
+            for m in methods
         ]
     return checks
 
@@ -184,7 +189,8 @@ def evaluate_store(
             )
         backend = load_backend(version, "onnxruntime", "cpu", torch.get_num_threads())
         engine = build_engine(man, inline_caller(backend))
-        scored = Scored(man.family, engine, man.calibration.samples, man.calibration.stats)
+        cal = man.calibration
+        scored = Scored(man.family, engine, cal.samples, cal.stats, cal.background)
         models.append(scored)
         manifests[name] = (scored, man)
         report.defaults[man.family] = man.calibration.default_method
@@ -289,6 +295,7 @@ def evaluate_novelty(
             prior = class_prior(rest.y[splits.train], rest.spec.num_classes)
             s = Scored(family, eager_engine(model, rest.spec, prior), SERVING_SAMPLES.get(family, 1))
             s.stats = all_stats(s.log_likelihood(rest.x[splits.validation]), rest.spec)
+            s.background = fit_background(rest.x[splits.train], rest.spec.levels)
             scored.append(s)
         new_rows = _generative_rows(scored, x_in, x_out)[0]
         new_rows += _classical_rows(rest.x[splits.train], rest.spec.levels, x_in, x_out, seed)

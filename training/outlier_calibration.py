@@ -1,6 +1,7 @@
 """Outlier calibration at build time, through the exported graphs and the service's engine.
 
 - statistics a score needs (the typical NLL) from the validation split;
+- the likelihood-ratio score's local background model, counted on the training split;
 - the default method, chosen on validation data only: the best mean AUROC of validation
   images against synthetic outlier sets built from validation images;
 - the conformal reference scores from the calibration split, which no fitting saw.
@@ -12,9 +13,10 @@ from datetime import UTC, datetime
 
 import numpy as np
 
+from service.background import fit_background
 from service.engine import Engine
-from service.manifest import CalibrationRecord
-from service.outliers import METHODS, all_stats, calibration_scores, score
+from service.manifest import BackgroundRecord, CalibrationRecord
+from service.outliers import all_stats, available_methods, calibration_scores, score
 
 from .data import ImageDataset, Splits
 from .ood_metrics import detection_metrics
@@ -27,24 +29,29 @@ VALIDATION_IMAGES = 120
 
 
 async def select_method(
-    engine: Engine, x_val: np.ndarray, val_ll: np.ndarray, stats: dict[str, dict[str, float]], samples: int
+    engine: Engine,
+    x_val: np.ndarray,
+    val_ll: np.ndarray,
+    stats: dict[str, dict[str, float]],
+    samples: int,
+    background: BackgroundRecord | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The method with the best mean validation AUROC, and every method's AUROC per set.
 
     Unlabelled (marginal) scoring, as outlier requests usually come.
     """
     spec = engine.spec
-    inlier = {m: score(m, val_ll, x_val, spec, stats[m]) for m in METHODS}
-    table: dict[str, dict[str, float]] = {m: {} for m in METHODS}
+    methods = available_methods(background)
+    inlier = {m: score(m, val_ll, x_val, spec, stats[m], background) for m in methods}
+    table: dict[str, dict[str, float]] = {m: {} for m in methods}
     pick = np.random.default_rng(1).choice(len(x_val), min(SELECTION_IMAGES, len(x_val)), replace=False)
     for name, x_ood in build_sets(x_val[np.sort(pick)], spec.levels, seed=1).items():
         ll = (await engine.log_likelihood(x_ood, None, samples, seed=0)).log_likelihood
-        for m in METHODS:
-            table[m][name] = detection_metrics(inlier[m], score(m, ll, x_ood, spec, stats[m]))["auroc"]
-    # Ties go to the simpler score (METHODS order: nll, typicality, complexity).
-    best = max(
-        METHODS, key=lambda m: (round(float(np.mean(list(table[m].values()))), 4), -list(METHODS).index(m))
-    )
+        for m in methods:
+            s_out = score(m, ll, x_ood, spec, stats[m], background)
+            table[m][name] = detection_metrics(inlier[m], s_out)["auroc"]
+    # Ties go to the simpler score (METHODS order: nll, typicality, complexity, likelihood_ratio).
+    best = max(methods, key=lambda m: (round(float(np.mean(list(table[m].values()))), 4), -methods.index(m)))
     return best, table
 
 
@@ -59,18 +66,19 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
         )
     )
     x_val, x_cal = data.x[val_idx], data.x[splits.calibration]
+    background = fit_background(data.x[splits.train], spec.levels)
     # Unlabelled requests to a conditional model are scored with the marginal p(x);
     # labelled ones with p(x | y), calibrated here with each example's true label.
     val = await engine.log_likelihood(x_val, None, samples, seed=0)
     stats = all_stats(val.log_likelihood, spec)
     cal = await engine.log_likelihood(x_cal, None, samples, seed=0)
-    default, selection = await select_method(engine, x_val, val.log_likelihood, stats, samples)
+    default, selection = await select_method(engine, x_val, val.log_likelihood, stats, samples, background)
     given = given_stats = None
     if engine.conditional and data.y is not None:
         val_y = await engine.log_likelihood(x_val, data.y[val_idx], samples, seed=0)
         given_stats = all_stats(val_y.log_likelihood, spec)
         cal_y = await engine.log_likelihood(x_cal, data.y[splits.calibration], samples, seed=0)
-        given = calibration_scores(cal_y.log_likelihood, x_cal, spec, given_stats)
+        given = calibration_scores(cal_y.log_likelihood, x_cal, spec, given_stats, background)
     return CalibrationRecord(
         size=len(x_cal),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -78,9 +86,10 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
         samples=samples,
         default_method=default,
         log_likelihood=cal.log_likelihood.tolist(),
-        scores=calibration_scores(cal.log_likelihood, x_cal, spec, stats),
+        scores=calibration_scores(cal.log_likelihood, x_cal, spec, stats, background),
         scores_given_labels=given,
         stats=stats,
         stats_given_labels=given_stats,
         selection=selection,
+        background=background,
     )

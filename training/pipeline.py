@@ -11,6 +11,7 @@ from .checkpoint import load_checkpoint, read_info
 from .classifier import Classifier, load_or_train_classifier
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
 from .evaluate import (
+    EvalSettings,
     EvaluationReport,
     baseline_rows,
     fid_reference,
@@ -63,10 +64,13 @@ def evaluate_checkpoints(
         ):
             raise ValueError("checkpoints in one report must share their dataset and split")
     data, splits = data_for(first.dataset, first.split_seed, first.split_fractions)
+    settings = EvalSettings.for_dims(data.spec.dims)
     classifier: Classifier | None = None
     cls_metrics: dict[str, float] = {}
     if data.y is not None:
-        classifier, cls_metrics = load_or_train_classifier(data, splits, cache, seed=first.split_seed)
+        classifier, cls_metrics = load_or_train_classifier(
+            data, splits, cache, seed=first.split_seed, epochs=settings.classifier_epochs
+        )
     rows = []
     for d, info in zip(dirs, infos, strict=True):
         model, _ = load_checkpoint(d)
@@ -80,8 +84,11 @@ def evaluate_checkpoints(
                 classifier,
                 info.class_prior,
                 training=info.training_summary,
+                settings=settings,
             )
         )
+        if console is not None:
+            console.print(f"scored {name}")
     report = EvaluationReport(
         dataset=data.spec.name,
         dims=data.spec.dims,
@@ -90,7 +97,7 @@ def evaluate_checkpoints(
         classifier=cls_metrics,
         fid_reference=fid_reference(data, splits, classifier) if classifier is not None else float("nan"),
         models=rows,
-        baselines=baseline_rows(data, splits, seed=first.split_seed),
+        baselines=baseline_rows(data, splits, seed=first.split_seed, draws=settings.baseline_draws),
     )
     if report_path is not None:
         write_report(report, report_path)

@@ -113,15 +113,14 @@ async def sample(request: Request) -> Response:
     check_output_size(req.n, spec.dims, settings.max_output_values, "n")
     labels = resolve_labels(req.labels, req.n, spec, engine.conditional, model.name)
     seed = req.seed if req.seed is not None else secrets.randbits(63)
+    temperature = req.temperature if req.temperature is not None else model.manifest.default_temperature
     rng = noise_rng(seed)
     if engine.conditional and labels is None:
         # Unlabelled samples from a conditional model: labels drawn from the class prior,
         # so the samples follow p(x) = Σ_y p(x|y) p(y); the labels used are returned.
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
-    samples = await guarded(
-        request, engine.sample(req.n, labels, rng, req.temperature), _timeout(request, req)
-    )
+    samples = await guarded(request, engine.sample(req.n, labels, rng, temperature), _timeout(request, req))
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
     headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
     if req.format == "npy":
@@ -138,7 +137,7 @@ async def sample(request: Request) -> Response:
             "version": model.version.version,
             "family": model.manifest.family,
             "seed": seed,
-            "temperature": req.temperature,
+            "temperature": temperature,
             "shape": list(samples.shape),
             "levels": spec.levels,
             "labels": None if labels is None else labels.tolist(),

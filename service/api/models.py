@@ -66,6 +66,16 @@ def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
             for name in cal.scores
             if name in METHODS
         },
+        "background_model": (
+            None
+            if cal.background is None
+            else {
+                **cal.background.model_dump(exclude={"log_probs"}),
+                "description": (
+                    "log p(pixel | quantized left and upper neighbours), counted on the training split"
+                ),
+            }
+        ),
         "p_value": "conformal: (1 + #{calibration scores >= score}) / (n + 1)",
         "is_outlier": "p_value <= alpha (request parameter, default 0.05)",
         "fdr": "optional request parameter: Benjamini-Hochberg selection across the request's rows",
@@ -99,6 +109,11 @@ async def get_model(name: str, request: Request) -> dict[str, Any]:
         "graphs": [g.model_dump() for g in m.graphs],
         "estimator": str(m.family_info.get("estimator", "")),
         "default_samples": int(m.family_info.get("default_samples", 0) or 0),
+        "sampling": (
+            m.sampling.model_dump()
+            if m.sampling is not None
+            else {"default_temperature": 1.0, "selected_by": "not recorded (store built before selection)"}
+        ),
         "evaluation": m.evaluation,
         "outlier_detection": outlier_description(model),
         "training": m.training.model_dump(),

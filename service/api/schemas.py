@@ -37,8 +37,14 @@ class SampleRequest(RequestModel):
         default=None, description="Class index or name for all samples, or one per sample."
     )
     seed: int | None = _SEED
-    temperature: float = Field(
-        default=1.0, gt=0.0, le=10.0, description="Scales latent noise (softmax temperature for PixelCNN)."
+    temperature: float | None = Field(
+        default=None,
+        gt=0.0,
+        le=10.0,
+        description=(
+            "Scales latent noise (softmax temperature for PixelCNN); default the model's "
+            "`default_temperature` (GET /models/{name})."
+        ),
     )
     format: Literal["json", "png", "npy"] = "json"
 
@@ -163,6 +169,7 @@ class ModelDetail(ModelSummary):
     graphs: list[dict[str, Any]]
     estimator: str
     default_samples: int
+    sampling: dict[str, Any] = Field(description="Default sampling temperature and how it was chosen.")
     evaluation: dict[str, Any]
     outlier_detection: dict[str, Any] | None
     training: dict[str, Any]

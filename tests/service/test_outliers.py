@@ -6,10 +6,12 @@ import numpy as np
 import pytest
 from scipy import stats
 
+from service.background import background_log_likelihood, fit_background
 from service.manifest import DatasetSpec
 from service.outliers import (
     METHODS,
     all_stats,
+    available_methods,
     benjamini_hochberg,
     compressed_bits,
     conformal_p_values,
@@ -88,4 +90,13 @@ def test_scores_are_larger_for_more_anomalous_inputs() -> None:
     np.testing.assert_allclose(score("typicality", ll, x, SPEC, st["typicality"]), [1.0, 0.0, 1.0])
     comp = score("complexity", ll, x, SPEC, {})
     np.testing.assert_allclose(comp, [1.0, 2.0, 3.0] - compressed_bits(x, SPEC) / 64)
-    assert set(METHODS) == {"nll", "typicality", "complexity"}
+    bg = fit_background(np.zeros((5, 1, 8, 8), dtype=np.int64), SPEC.levels)
+    ratio = score("likelihood_ratio", ll, x, SPEC, {}, bg)
+    bg_bpd = -background_log_likelihood(bg, x) / (64 * np.log(2))
+    np.testing.assert_allclose(ratio, [1.0, 2.0, 3.0] - bg_bpd)
+    assert set(METHODS) == {"nll", "typicality", "complexity", "likelihood_ratio"}
+    # a store built before the background model offers the others, never a broken ratio
+    assert available_methods(None) == ["nll", "typicality", "complexity"]
+    assert available_methods(bg) == list(METHODS)
+    with pytest.raises(ValueError, match="background"):
+        score("likelihood_ratio", ll, x, SPEC, {}, None)

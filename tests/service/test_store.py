@@ -227,6 +227,24 @@ def test_manifest_schema_rejects_missing_and_extra_fields() -> None:
         Manifest.model_validate(wrong_graphs)
 
 
+def test_sampling_record_is_optional_and_checked() -> None:
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    files = [
+        {"path": "generate.onnx", "format": "onnx", **entry},
+        {"path": "generate.pt", "format": "torchscript", **entry},
+    ]
+    good = {**fields(), "name": "gan-toy", "version": 1, "files": files}
+    assert Manifest.model_validate(good).default_temperature == 1.0  # stores built before the field
+    chosen = {
+        "default_temperature": 0.9,
+        "selected_by": "validation",
+        "validation_fid": {"1": 2.0, "0.9": 1.5},
+    }
+    assert Manifest.model_validate({**good, "sampling": chosen}).default_temperature == 0.9
+    with pytest.raises(ValidationError, match="default_temperature"):
+        Manifest.model_validate({**good, "sampling": {**chosen, "default_temperature": 0}})
+
+
 def test_manifest_that_lies_about_its_folder(store: ModelStore) -> None:
     publish(store)
     publish(store)
