@@ -51,7 +51,7 @@ def fit_background(x: np.ndarray, levels: int, smoothing: float = 1.0) -> Backgr
 
 def background_log_likelihood(background: BackgroundRecord, x: np.ndarray) -> FloatArray:
     """log p_background(x) per image, nats [N]; each row on its own."""
-    table = np.asarray(background.log_probs, dtype=np.float64)  # [(B+1)^2, K]
+    table = background.table  # [(B+1)^2, K]
     ctx = _contexts(x, background.levels, background.bins)
     values = np.asarray(x, dtype=np.int64)
     return table[ctx, values].reshape(len(values), -1).sum(axis=1)

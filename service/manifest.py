@@ -8,8 +8,11 @@ schema fails loudly instead of being half understood.
 from __future__ import annotations
 
 import math
+from functools import cached_property
 from typing import Any, Literal
 
+import numpy as np
+from numpy.typing import NDArray
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 
@@ -118,6 +121,11 @@ class BackgroundRecord(StrictModel):
     smoothing: float = Field(ge=0.0)
     images: int = Field(ge=0, description="Training images it was counted on.")
     log_probs: list[list[float]] = Field(description="[(bins+1)^2 contexts, levels] log-probabilities.")
+
+    @cached_property
+    def table(self) -> NDArray[np.float64]:
+        """log_probs as an array, converted once per loaded manifest (scoring is per request)."""
+        return np.asarray(self.log_probs, dtype=np.float64)
 
     @model_validator(mode="after")
     def _table_shape(self) -> BackgroundRecord:
