@@ -187,14 +187,21 @@ def score_model(
                 seed=seed + 777,
                 sampler=sampler,
             )
-        temperatures = [scores.sample_temperature] + ([1.0] if scores.sample_temperature != 1.0 else [])
-        for t in temperatures:
-            q = sample_quality(model, classifier, real, per_class, seed=seed, temperature=t, sampler=sampler)
-            if t == scores.sample_temperature:
-                scores.fid, scores.label_accuracy = q["fid"], q.get("label_accuracy")
-                scores.quality_samples = int(q["samples"])
-            else:
-                scores.fid_t1, scores.label_accuracy_t1 = q["fid"], q.get("label_accuracy")
+
+        def quality(t: float) -> dict[str, float]:
+            return sample_quality(
+                model, classifier, real, per_class, seed=seed, temperature=t, sampler=sampler
+            )
+
+        q = quality(scores.sample_temperature)
+        scores.fid, scores.label_accuracy, scores.quality_samples = (
+            q["fid"],
+            q.get("label_accuracy"),
+            int(q["samples"]),
+        )
+        if scores.sample_temperature != 1.0:
+            q1 = quality(1.0)
+            scores.fid_t1, scores.label_accuracy_t1 = q1["fid"], q1.get("label_accuracy")
     return scores
 
 

@@ -112,7 +112,10 @@ async def get_model(name: str, request: Request) -> dict[str, Any]:
         "sampling": (
             m.sampling.model_dump()
             if m.sampling is not None
-            else {"default_temperature": 1.0, "selected_by": "not recorded (store built before selection)"}
+            else {
+                "default_temperature": m.default_temperature,
+                "selected_by": "not recorded (store built before selection)",
+            }
         ),
         "evaluation": m.evaluation,
         "outlier_detection": outlier_description(model),
