@@ -2,6 +2,8 @@
 
 Trained on the ELBO (with a short KL warm-up); evaluated with the importance-weighted
 bound log P(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)], which tightens as K grows.
+With `augment_transforms`, encoder and decoder are also conditioned on a dihedral
+transform (distribution augmentation, see `augment.py`); exported graphs fix the identity.
 """
 
 from __future__ import annotations
@@ -10,10 +12,12 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from .augment import transform_count
 from .base import FamilyConfig, GenerativeModel
 from .layers import categorical_from_uniform, label_planes, std_normal_logpdf, sum_except_batch
 
@@ -29,6 +33,7 @@ class VAEConfig(FamilyConfig):
     # of them recognised on digits) at a cost of ~0.04 bpd, well inside the likelihood target.
     kl_weight: float = 2.0
     max_downsamples: int = 2
+    augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 
 def downsamples(h: int, w: int, limit: int) -> int:
@@ -121,17 +126,34 @@ class VAEModel(GenerativeModel):
     def __init__(self, spec: DatasetSpec, conditional: bool, config: VAEConfig) -> None:
         super().__init__(spec, conditional, config)
         self.cfg = config
-        self.encoder = Encoder(spec, config, self.num_classes)
-        self.decoder = Decoder(spec, config, self.num_classes)
+        self.n_aug = transform_count(*spec.shape[1:]) if config.augment_transforms else 0
+        self.encoder = Encoder(spec, config, self.num_classes + self.n_aug)
+        self.decoder = Decoder(spec, config, self.num_classes + self.n_aug)
         self.register_buffer("steps_seen", torch.tensor(0, dtype=torch.long))
 
-    def encode(self, x: Tensor, y: Tensor | None) -> tuple[Tensor, Tensor]:
-        """Integer-valued x (any numeric dtype) [B,C,H,W] -> (mu, logvar) [B, Dz]."""
-        return self.encoder(self.scaled(x), self.onehot(y))
+    @property
+    def transform_count(self) -> int:
+        return self.n_aug
 
-    def decode(self, z: Tensor, y: Tensor | None) -> Tensor:
+    def _cond(self, y: Tensor | None, aug: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
+        """Conditioning vector [B, L (+ transforms)]: the label's one-hot, then the transform's
+        (the identity when `aug` is None, as in evaluation and export)."""
+        parts = []
+        label = self.onehot(y)
+        if label is not None:
+            parts.append(label)
+        if self.n_aug:
+            t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
+            parts.append(F.one_hot(t, self.n_aug).to(self.decoder.out.weight.dtype))
+        return torch.cat(parts, dim=1) if parts else None
+
+    def encode(self, x: Tensor, y: Tensor | None, aug: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """Integer-valued x (any numeric dtype) [B,C,H,W] -> (mu, logvar) [B, Dz]."""
+        return self.encoder(self.scaled(x), self._cond(y, aug, x.shape[0], x.device))
+
+    def decode(self, z: Tensor, y: Tensor | None, aug: Tensor | None = None) -> Tensor:
         """z [B, Dz] -> logits over levels [B, C, H, W, K]."""
-        return self.decoder(z, self.onehot(y))
+        return self.decoder(z, self._cond(y, aug, z.shape[0], z.device))
 
     def log_weights(self, x: Tensor, y: Tensor | None, eps: Tensor) -> Tensor:
         """log p(x, z_k) - log q(z_k | x) for z_k = mu + σ·eps_k: eps [B, S, Dz] -> [B, S]."""
@@ -151,9 +173,9 @@ class VAEModel(GenerativeModel):
         self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float]]:
         """Negative ELBO (KL weight warming up to 1) in bits per dimension."""
-        mu, logvar = self.encode(x, y)
+        mu, logvar = self.encode(x, y, aug)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = -categorical_log_prob(self.decode(z, y), x)
+        recon = -categorical_log_prob(self.decode(z, y, aug), x)
         kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
         if self.training:
             self.steps_seen += 1
