@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 ONNXRUNTIME_GPU_VERSION ?= 1.31.1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: serve build-store test lint typecheck unit bench clean-store install install-dev gpu-runtime
+.PHONY: serve build-store test test-quality lint typecheck unit bench clean-store install install-dev gpu-runtime
 
 serve: $(VENV)/.installed  ## build the default models if needed, then serve on 127.0.0.1:8000
 	$(BIN)/genserve serve
@@ -28,6 +28,9 @@ typecheck: $(VENV)/.installed-dev
 
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest -q
+
+test-quality: $(VENV)/.installed-dev  ## label control and Bayes-rule accuracy of the flow and PixelCNN too (~10 min)
+	$(BIN)/pytest -q -m quality tests/service/test_api_quality.py
 
 bench: $(VENV)/.installed-dev  ## serving benchmark (see docs/benchmarks.md)
 	$(BIN)/python -m bench.serving

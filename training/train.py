@@ -71,8 +71,9 @@ _SMALL: dict[str, dict[str, Any]] = {
         "val_every": 2,
         "val_samples": 16,
         "ema": 0.995,
-        # Distribution augmentation: Bayes-rule accuracy on test digits 0.974 -> 0.993
-        # (the judge: 0.981), bpd 1.855 -> 1.847, sample fidelity unchanged.
+        # Distribution augmentation, as for the flow and the PixelCNN: test bpd 1.854 ->
+        # 1.845 at the same sample fidelity. (Bayes-rule accuracy stays at 0.974-0.981
+        # over estimator draws; a single draw of 0.993 first reported here was noise.)
         "augment": 0.25,
     },
     "gan": {"max_epochs": 70, "patience": 1000, "val_every": 10},
@@ -80,7 +81,10 @@ _SMALL: dict[str, dict[str, Any]] = {
         "lr": 2e-3,
         "schedule": "cosine",
         "max_epochs": 60,
-        "augment": 0.5,
+        # A quarter of the images transformed, as for the flow and the VAE: against 0.5,
+        # test bpd 1.663 vs 1.665, Bayes-rule accuracy 0.993 vs 0.981, and the judge
+        # recognises 0.966 vs 0.953 of the requested labels in samples.
+        "augment": 0.25,
         "ema": 0.995,
         "val_every": 5,
         "patience": 1000,

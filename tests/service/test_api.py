@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,38 +12,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.app import create_app
 from service.config import Settings
 from service.outliers import METHODS
+from tests.service.asgi import Client
 from training.data import load_dataset
 
 FAMILIES = ["flow", "vae", "gan", "pixelcnn"]
 LIKELIHOOD = ["flow", "vae", "pixelcnn"]
-
-
-class Client:
-    """A synchronous facade over an ASGI app with its lifespan running on a private loop."""
-
-    def __init__(self, settings: Settings) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.app = create_app(settings)
-        self._ctx = self.app.router.lifespan_context(self.app)
-        self.loop.run_until_complete(self._ctx.__aenter__())
-        self.http = httpx.AsyncClient(transport=httpx.ASGITransport(app=self.app), base_url="http://test")
-
-    def request(self, method: str, url: str, **kw: Any) -> httpx.Response:
-        return self.loop.run_until_complete(self.http.request(method, url, **kw))
-
-    def post(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("POST", url, **kw)
-
-    def get(self, url: str, **kw: Any) -> httpx.Response:
-        return self.request("GET", url, **kw)
-
-    def close(self) -> None:
-        self.loop.run_until_complete(self.http.aclose())
-        self.loop.run_until_complete(self._ctx.__aexit__(None, None, None))
-        self.loop.close()
 
 
 @pytest.fixture(scope="module")
