@@ -13,6 +13,8 @@ from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from .augment import transform_count
+
 
 class FamilyConfig(BaseModel):
     """Base of each family's architecture config (saved beside every checkpoint)."""
@@ -61,7 +63,23 @@ class GenerativeModel(nn.Module, ABC):
     @property
     def transform_count(self) -> int:
         """How many data transforms the model can be conditioned on (0: no augmentation)."""
-        return 0
+        if not getattr(self.config, "augment_transforms", False):
+            return 0
+        return transform_count(*self.spec.shape[1:])
+
+    def conditioning(
+        self, y: Tensor | None, aug: Tensor | None, batch: int, device: torch.device
+    ) -> Tensor | None:
+        """Conditioning vector [B, L (+ transforms)]: the label's one-hot, then the transform's
+        (the identity when `aug` is None, as in evaluation and export); None if neither."""
+        parts = []
+        label = self.onehot(y)
+        if label is not None:
+            parts.append(label)
+        if n_aug := self.transform_count:
+            t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
+            parts.append(F.one_hot(t, n_aug).to(next(self.parameters()).dtype))
+        return torch.cat(parts, dim=1) if parts else None
 
     def training_loss(
         self, x: Tensor, y: Tensor | None, aug: Tensor | None = None

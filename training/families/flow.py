@@ -14,12 +14,10 @@ import math
 from typing import Any, Literal, cast
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
-from .augment import transform_count
 from .base import FamilyConfig, GenerativeModel
 from .layers import (
     ActNorm,
@@ -131,8 +129,7 @@ class FlowModel(GenerativeModel):
         if levels == 0:
             raise ValueError(f"a flow needs even image sides to squeeze; got {H}x{W}")
         self.levels = levels
-        self.n_aug = transform_count(H, W) if config.augment_transforms else 0
-        cond_ch = self.num_classes + self.n_aug
+        cond_ch = self.num_classes + self.transform_count
         self.steps = nn.ModuleList()
         self.split_priors = nn.ModuleList()
         self.split_sizes: list[int] = []
@@ -148,26 +145,6 @@ class FlowModel(GenerativeModel):
                 self.split_priors.append(GaussianPrior(out, c - out, cond_ch, (h, w)))
                 c = c - out
         self.top_prior = GaussianPrior(c, 0, cond_ch, (h, w))
-
-    @property
-    def transform_count(self) -> int:
-        return self.n_aug
-
-    def _cond(self, y: Tensor | None, aug: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        """Conditioning vector [B, L (+ transforms)]: the label's one-hot, then the transform's
-        (the identity when `aug` is None, as in evaluation and export)."""
-        parts = []
-        label = self.onehot(y)
-        if label is not None:
-            parts.append(label)
-        if self.n_aug:
-            t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
-            parts.append(F.one_hot(t, self.n_aug).to(self.free_dtype))
-        return torch.cat(parts, dim=1) if parts else None
-
-    @property
-    def free_dtype(self) -> torch.dtype:
-        return self.top_prior.free.dtype
 
     # --- the bijection -------------------------------------------------------------
     def _to_logit(self, x: Tensor) -> tuple[Tensor, Tensor]:
@@ -187,7 +164,7 @@ class FlowModel(GenerativeModel):
 
         log p(x) = Σ log N(z; 0, 1) + log|det|.
         """
-        cond = self._cond(y, aug, x.shape[0], x.device)
+        cond = self.conditioning(y, aug, x.shape[0], x.device)
         h, logdet = self._to_logit(x)
         eps_parts: list[Tensor] = []
         for level, steps in enumerate(self.steps):
@@ -211,7 +188,7 @@ class FlowModel(GenerativeModel):
 
     def inverse(self, z: Tensor, y: Tensor | None = None, aug: Tensor | None = None) -> Tensor:
         """Standardised z [B,C,H,W] -> dequantized x [B,C,H,W] in level units."""
-        cond = self._cond(y, aug, z.shape[0], z.device)
+        cond = self.conditioning(y, aug, z.shape[0], z.device)
         eps_parts: list[Tensor] = []
         t = z
         for level in range(self.levels):

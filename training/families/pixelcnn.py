@@ -235,10 +235,6 @@ class PixelCNNModel(GenerativeModel):
             return outs[0]
         return torch.logsumexp(torch.stack(outs), dim=0) - math.log(len(outs))
 
-    @property
-    def transform_count(self) -> int:
-        return transform_count(*self.spec.shape[1:]) if self.cfg.augment_transforms else 0
-
     def training_loss(
         self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float]]:

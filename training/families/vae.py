@@ -12,12 +12,10 @@ import math
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
-from .augment import transform_count
 from .base import FamilyConfig, GenerativeModel
 from .layers import categorical_from_uniform, label_planes, std_normal_logpdf, sum_except_batch
 
@@ -126,34 +124,18 @@ class VAEModel(GenerativeModel):
     def __init__(self, spec: DatasetSpec, conditional: bool, config: VAEConfig) -> None:
         super().__init__(spec, conditional, config)
         self.cfg = config
-        self.n_aug = transform_count(*spec.shape[1:]) if config.augment_transforms else 0
-        self.encoder = Encoder(spec, config, self.num_classes + self.n_aug)
-        self.decoder = Decoder(spec, config, self.num_classes + self.n_aug)
+        cond = self.num_classes + self.transform_count
+        self.encoder = Encoder(spec, config, cond)
+        self.decoder = Decoder(spec, config, cond)
         self.register_buffer("steps_seen", torch.tensor(0, dtype=torch.long))
-
-    @property
-    def transform_count(self) -> int:
-        return self.n_aug
-
-    def _cond(self, y: Tensor | None, aug: Tensor | None, batch: int, device: torch.device) -> Tensor | None:
-        """Conditioning vector [B, L (+ transforms)]: the label's one-hot, then the transform's
-        (the identity when `aug` is None, as in evaluation and export)."""
-        parts = []
-        label = self.onehot(y)
-        if label is not None:
-            parts.append(label)
-        if self.n_aug:
-            t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
-            parts.append(F.one_hot(t, self.n_aug).to(self.decoder.out.weight.dtype))
-        return torch.cat(parts, dim=1) if parts else None
 
     def encode(self, x: Tensor, y: Tensor | None, aug: Tensor | None = None) -> tuple[Tensor, Tensor]:
         """Integer-valued x (any numeric dtype) [B,C,H,W] -> (mu, logvar) [B, Dz]."""
-        return self.encoder(self.scaled(x), self._cond(y, aug, x.shape[0], x.device))
+        return self.encoder(self.scaled(x), self.conditioning(y, aug, x.shape[0], x.device))
 
     def decode(self, z: Tensor, y: Tensor | None, aug: Tensor | None = None) -> Tensor:
         """z [B, Dz] -> logits over levels [B, C, H, W, K]."""
-        return self.decoder(z, self._cond(y, aug, z.shape[0], z.device))
+        return self.decoder(z, self.conditioning(y, aug, z.shape[0], z.device))
 
     def log_weights(self, x: Tensor, y: Tensor | None, eps: Tensor) -> Tensor:
         """log p(x, z_k) - log q(z_k | x) for z_k = mu + σ·eps_k: eps [B, S, Dz] -> [B, S]."""
