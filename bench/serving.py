@@ -26,14 +26,16 @@ import subprocess
 import sys
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import httpx
 import numpy as np
 
-from service.engine import build_engine, inline_caller
-from service.resources import available_cores
+from service.batching import direct_caller
+from service.engine import build_engine
+from service.resources import available_cores, thread_layout
 from service.runtime import load_backend
 from service.store import ModelStore
 from training.data import load_dataset
@@ -133,16 +135,18 @@ def timed(fn: Any, duration: float, min_runs: int = 3) -> list[float]:
 
 
 class Limit:
-    """In-process calls through the same runtime (ONNX Runtime, same threads)."""
+    """In-process calls through the same runtime with the server's thread layout: the same
+    threads and lanes, a batch cut into the same parts (service.batching.run_batch)."""
 
     def __init__(self, store: ModelStore) -> None:
-        self.threads = available_cores()
+        self.threads, self.lanes = thread_layout(None, None)
+        self.pool = ThreadPoolExecutor(self.lanes) if self.lanes > 1 else None
         self.engines = {}
         self.loop = asyncio.new_event_loop()
         for name in store.names():
             version = store.open(name)
-            backend = load_backend(version, "onnxruntime", "cpu", self.threads)
-            self.engines[name] = build_engine(version.manifest, inline_caller(backend))
+            backend = load_backend(version, "onnxruntime", "cpu", self.threads, self.lanes)
+            self.engines[name] = build_engine(version.manifest, direct_caller(backend, lanes=self.pool))
 
     def score(self, name: str, x: np.ndarray, labels: np.ndarray | None) -> None:
         engine = self.engines[name]

@@ -23,6 +23,7 @@ from .config import Settings
 from .lifecycle import Lifecycle, LifecycleMiddleware
 from .metrics import Metrics
 from .registry import Registry
+from .resources import thread_layout
 
 log = logging.getLogger("genserve")
 
@@ -79,7 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        batcher = Batcher(metrics)
+        batcher = Batcher(metrics, lanes=thread_layout(settings.threads, settings.lanes)[1])
         registry = Registry(settings, batcher, metrics)
         app.state.registry = registry
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU

@@ -23,6 +23,12 @@ class Settings(BaseSettings):
     )
     models: list[str] | None = Field(default=None, description="Models to load (default: all in the store).")
     threads: int | None = Field(default=None, ge=1, description="Runtime intra-op threads (default: cores).")
+    lanes: int | None = Field(
+        default=None,
+        ge=1,
+        description="Parts of a batch run side by side, on threads/lanes threads each "
+        "(default: the threads; ONNX Runtime on the CPU only, 1 otherwise).",
+    )
     log_level: str = "info"
 
     # Request limits: bad or huge input gets a 4xx, never an out-of-memory server.

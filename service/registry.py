@@ -14,7 +14,7 @@ from .engine import Engine, build_engine
 from .errors import ModelNotFoundError, NotReadyError
 from .manifest import Manifest
 from .metrics import Metrics
-from .resources import available_cores
+from .resources import thread_layout
 from .runtime import Backend, DeviceUnavailableError, load_backend
 from .store import ModelStore, ModelVersion, StoreError
 
@@ -77,7 +77,7 @@ class Registry:
         names = self.settings.models or store.names()
         if not names:
             self.failures["store"] = f"no models in {self.settings.model_store}"
-        threads = self.settings.threads or available_cores()
+        threads, lanes = thread_layout(self.settings.threads, self.settings.lanes)
         for name in names:
             try:
                 version = store.open(name)  # verifies every hash
@@ -86,7 +86,7 @@ class Registry:
                 log.error("model %s not loaded: %s", name, exc)
                 continue
             try:
-                backend = load_backend(version, self.settings.backend, self.settings.device, threads)
+                backend = load_backend(version, self.settings.backend, self.settings.device, threads, lanes)
             except DeviceUnavailableError:
                 raise
             except Exception as exc:  # a verified file the runtime still refuses

@@ -28,3 +28,13 @@ def available_cores() -> int:
     if quota is not None:
         cores = min(cores, max(1, math.floor(quota)))
     return max(1, cores)
+
+
+def thread_layout(threads: int | None, lanes: int | None) -> tuple[int, int]:
+    """(runtime threads, lanes): the configured values, or every core and one lane per core.
+
+    One lane per core measured best on the default models (docs/benchmarks.md): a part of
+    a batch per core beats one call spread over the cores by intra-op threads.
+    """
+    total = threads or available_cores()
+    return total, max(1, min(lanes or total, total))

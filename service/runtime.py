@@ -29,13 +29,23 @@ class DeviceUnavailableError(RuntimeError):
 
 
 class Backend(Protocol):
-    """Executes the graphs of one model version."""
+    """Executes the graphs of one model version.
+
+    `run` is one call on every runtime thread. `run_lane` is one call on a lane's share of
+    them; up to `lanes` lane calls may run at once (data parallelism over rows). Backends
+    that cannot split their threads have one lane, and `run_lane` is `run`.
+    """
 
     name: str
     device: str
+    lanes: int
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
         """Run `graph` on named inputs; returns its outputs by name."""
+        ...
+
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Run `graph` on one lane's threads (thread-safe for `lanes` concurrent calls)."""
         ...
 
     def close(self) -> None:
@@ -76,54 +86,85 @@ def resolve_device(backend: BackendName, requested: DeviceRequest) -> str:
 
 @dataclass
 class OnnxBackend:
-    """ONNX Runtime sessions, one per graph (files in `folder`)."""
+    """ONNX Runtime sessions, one per graph (files in `folder`).
+
+    With `lanes` > 1 on the CPU each graph gets a second session with `threads // lanes`
+    intra-op threads, shared by the lanes (ONNX Runtime sessions are safe to run
+    concurrently). Small convolutional graphs scale poorly over intra-op threads: on two
+    cores, two one-thread calls at once score 1.2x (VAE) to 1.7x (flow) the rows per
+    second of one two-thread call (docs/benchmarks.md). The all-thread session stays for
+    single rows, where one call alone is faster on every thread.
+    """
 
     graphs: Sequence[GraphSpec]
     folder: Path
     device: str
     threads: int
+    lanes: int = 1
     name: str = "onnxruntime"
 
     def __post_init__(self) -> None:
+        if self.device == "cuda":
+            self.lanes = 1  # one device stream: the batcher's merged call is the parallelism
+        self.lanes = max(1, min(self.lanes, self.threads))
+        self._sessions = self._open(self.threads)
+        self._lane_sessions = self._open(self.threads // self.lanes) if self.lanes > 1 else self._sessions
+        self._outputs = {g.name: [o.name for o in g.outputs] for g in self.graphs}
+
+    def _open(self, threads: int) -> dict[str, Any]:
         import onnxruntime as ort
 
         opts = ort.SessionOptions()
-        opts.intra_op_num_threads = self.threads
+        opts.intra_op_num_threads = threads
         opts.inter_op_num_threads = 1
         opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Worker threads spin between the operators of a call (fast) but sleep when the
+        # call ends: left spinning between requests they kept 1.8 of 2 cores busy at one
+        # request at a time, starving the event loop and other processes (W2 p99 4.7 -> 2.3 ms).
+        opts.add_session_config_entry("session.force_spinning_stop", "1")
         providers: list[Any] = ["CPUExecutionProvider"]
         if self.device == "cuda":
             providers = [("CUDAExecutionProvider", {"device_id": 0}), "CPUExecutionProvider"]
-        self._sessions: dict[str, Any] = {}
-        self._outputs: dict[str, list[str]] = {}
+        sessions: dict[str, Any] = {}
         for graph in self.graphs:
             path = self.folder / graph.files["onnx"]
             session = ort.InferenceSession(str(path), sess_options=opts, providers=providers)
             if self.device == "cuda" and "CUDAExecutionProvider" not in session.get_providers():
                 raise DeviceUnavailableError(f"ONNX Runtime could not place {graph.name} on the GPU")
-            self._sessions[graph.name] = session
-            self._outputs[graph.name] = [o.name for o in graph.outputs]
+            sessions[graph.name] = session
+        return sessions
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
-        """Run one graph."""
+        """Run one graph on every thread."""
         outs = self._sessions[graph].run(self._outputs[graph], dict(inputs))
+        return dict(zip(self._outputs[graph], outs, strict=True))
+
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """Run one graph on one lane's threads."""
+        outs = self._lane_sessions[graph].run(self._outputs[graph], dict(inputs))
         return dict(zip(self._outputs[graph], outs, strict=True))
 
     def close(self) -> None:
         """Drop the sessions."""
         self._sessions.clear()
+        self._lane_sessions.clear()
 
 
 @dataclass
 class TorchScriptBackend:
-    """TorchScript modules, one per graph (needs torch, never the model code)."""
+    """TorchScript modules, one per graph (needs torch, never the model code).
+
+    One lane: torch's intra-op thread pool is process-wide, so concurrent calls would
+    oversubscribe the cores rather than split them.
+    """
 
     graphs: Sequence[GraphSpec]
     folder: Path
     device: str
     threads: int
     name: str = "torchscript"
+    lanes: int = 1
 
     def __post_init__(self) -> None:
         import torch
@@ -149,6 +190,10 @@ class TorchScriptBackend:
         outs = out if isinstance(out, tuple | list) else (out,)
         return {t.name: o.detach().cpu().numpy() for t, o in zip(spec.outputs, outs, strict=True)}
 
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        """The one lane is the whole backend."""
+        return self.run(graph, inputs)
+
     def close(self) -> None:
         """Drop the modules and cached device memory."""
         self._modules.clear()
@@ -157,19 +202,38 @@ class TorchScriptBackend:
 
 
 def open_backend(
-    graphs: Sequence[GraphSpec], folder: Path, backend: BackendName, device: DeviceRequest, threads: int
+    graphs: Sequence[GraphSpec],
+    folder: Path,
+    backend: BackendName,
+    device: DeviceRequest,
+    threads: int,
+    lanes: int = 1,
 ) -> Backend:
-    """Open the graph files in `folder` with the chosen backend on the resolved device."""
+    """Open the graph files in `folder` with the chosen backend on the resolved device.
+
+    `lanes`: how many calls may run at once on a share of the threads each (ONNX Runtime
+    on the CPU only; other backends and devices have one).
+    """
     where = resolve_device(backend, device)
     if backend == "onnxruntime":
-        return OnnxBackend(graphs, folder, where, threads)
+        return OnnxBackend(graphs, folder, where, threads, lanes)
     if backend == "torchscript":
         return TorchScriptBackend(graphs, folder, where, threads)
     raise ValueError(f"unknown backend {backend!r}")
 
 
-def load_backend(version: ModelVersion, backend: BackendName, device: DeviceRequest, threads: int) -> Backend:
+def load_backend(
+    version: ModelVersion, backend: BackendName, device: DeviceRequest, threads: int, lanes: int = 1
+) -> Backend:
     """Open a verified store version in the chosen backend on the resolved device."""
-    impl = open_backend(version.manifest.graphs, version.path, backend, device, threads)
-    log.info("loaded %s/%s with %s on %s", version.name, version.version, impl.name, impl.device)
+    impl = open_backend(version.manifest.graphs, version.path, backend, device, threads, lanes)
+    log.info(
+        "loaded %s/%s with %s on %s (%d threads, %d lanes)",
+        version.name,
+        version.version,
+        impl.name,
+        impl.device,
+        threads,
+        impl.lanes,
+    )
     return impl

@@ -362,6 +362,7 @@ class EagerBackend:
 
     name = "eager"
     device = "cpu"
+    lanes = 1
 
     def __init__(self, model: GenerativeModel) -> None:
         self._graphs = {g.name: g for g in graph_defs(prepare_for_export(model))}
@@ -372,6 +373,9 @@ class EagerBackend:
         with torch.no_grad():
             outs = _as_tuple(g.module(*args))
         return {n: o.numpy() for n, o in zip(g.output_names(), outs, strict=True)}
+
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run(graph, inputs)
 
     def close(self) -> None:
         self._graphs.clear()

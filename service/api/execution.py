@@ -22,13 +22,22 @@ class ClientGoneError(GenserveError):
     title = "Client closed request"
 
 
-async def _disconnected(request: Request, interval: float) -> None:
-    while not await request.is_disconnected():
-        await asyncio.sleep(interval)
+async def _disconnected(request: Request, pause: float) -> None:
+    """Return when the client disconnects.
+
+    Once the body has been read, the ASGI server answers `receive()` only when the client
+    goes away, with `http.disconnect`: waiting on it costs nothing while the work runs.
+    (Polling `Request.is_disconnected()` every 20 ms instead cost a fifth of the event
+    loop's time at concurrency 64.) Any other message is unexpected at this point; the
+    pause keeps a server that sends them anyway from spinning.
+    """
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(pause)
 
 
 async def guarded(request: Request, work: Coroutine[Any, Any, T], timeout: float, poll: float = 0.02) -> T:
-    """Await `work`, cancelling it on deadline (504) or client disconnect.
+    """Await `work`, cancelling it on deadline (504) or client disconnect. Call it after the
+    request body has been read.
 
     Cancelling stops a sampling loop at its next graph call, and a cancelled call still
     waiting in the batcher's queue gives its slot back.

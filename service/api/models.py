@@ -39,6 +39,7 @@ def summary(model: LoadedModel) -> dict[str, Any]:
         "capabilities": model.capabilities,
         "backend": model.backend.name,
         "device": model.backend.device,
+        "lanes": model.backend.lanes,
     }
 
 

@@ -161,6 +161,9 @@ class ModelSummary(BaseModel):
     capabilities: list[str]
     backend: str
     device: str
+    lanes: int = Field(
+        description="Parts of a batch the runtime runs side by side, one per share of the threads."
+    )
 
 
 class ModelDetail(ModelSummary):

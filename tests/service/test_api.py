@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -463,8 +465,8 @@ def test_cli_serve_refuses_cuda_without_gpu(tiny_store: Path) -> None:
     assert "no usable GPU" in result.output
 
 
-@pytest.fixture
-def real_server(tiny_store: Path) -> Iterator[str]:
+@contextlib.contextmanager
+def _uvicorn(tiny_store: Path, **env: str) -> Iterator[str]:
     """uvicorn serving the tiny store on a free loopback port, in a subprocess."""
     import socket
     import subprocess
@@ -474,10 +476,9 @@ def real_server(tiny_store: Path) -> Iterator[str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = {"GENSERVE_MODEL_STORE": str(tiny_store), "PATH": "/usr/bin:/bin"}
     proc = subprocess.Popen(
         [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port)],
-        env=env,
+        env={"GENSERVE_MODEL_STORE": str(tiny_store), "PATH": "/usr/bin:/bin", **env},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -494,6 +495,47 @@ def real_server(tiny_store: Path) -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@pytest.fixture
+def real_server(tiny_store: Path) -> Iterator[str]:
+    """uvicorn serving the tiny store on a free loopback port, in a subprocess."""
+    with _uvicorn(tiny_store) as url:
+        yield url
+
+
+def _logits_batches(url: str) -> float:
+    """Batched PixelCNN `logits` calls so far, from the stage histogram on /metrics."""
+    for line in httpx.get(f"{url}/metrics").text.splitlines():
+        if line.startswith("genserve_stage_seconds_count") and 'endpoint="logits"' in line and 'stage="compute"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def test_real_disconnect_stops_a_sampling_loop(tiny_store: Path) -> None:
+    """Through uvicorn: a client that hangs up mid-sample stops the loop within a few steps.
+
+    A 20 ms batching delay makes each of the 64 pixel steps last at least 20 ms, so the
+    whole sample takes over a second; the client leaves after 0.3 s.
+    """
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    with _uvicorn(tiny_store, GENSERVE_MODELS='["pixelcnn-digits"]', GENSERVE_MAX_DELAY_MS="20") as url:
+        before = _logits_batches(url)
+        body = json.dumps({"model": "pixelcnn-digits", "n": 4, "seed": 1}).encode()
+        port = urlparse(url).port
+        with socket.create_connection(("127.0.0.1", port)) as conn:
+            conn.sendall(
+                b"POST /sample HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
+            time.sleep(0.3)
+        time.sleep(1.5)  # longer than the rest of the loop would have taken
+        steps = _logits_batches(url) - before
+        assert 0 < steps < 40  # 64 steps for a full 8x8 sample
 
 
 def test_real_uvicorn_smoke(real_server: str, digits: np.ndarray) -> None:

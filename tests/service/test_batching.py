@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
 from collections.abc import Mapping
@@ -15,28 +16,42 @@ import pytest
 
 from service.api.execution import ClientGoneError, guarded
 from service.app import create_app
-from service.batching import Batcher, BatchLimits
+from service.batching import Batcher, BatchLimits, row_parts
 from service.config import Settings
 from service.errors import DeadlineExceededError, OverloadedError
 from training.data import load_dataset
 
 
 class RecordingBackend:
-    """Doubles its input, remembering every batch it was given; optionally slow."""
+    """Doubles its input, remembering every batch it was given (and which lane calls ran at
+    once); optionally slow."""
 
     name = "fake"
     device = "cpu"
 
-    def __init__(self, delay: float = 0.0) -> None:
+    def __init__(self, delay: float = 0.0, lanes: int = 1) -> None:
         self.batches: list[np.ndarray] = []
+        self.lane_calls: list[int] = []
         self.delay = delay
+        self.lanes = lanes
         self.lock = threading.Lock()
+        self.running = 0
+        self.most_at_once = 0
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
         time.sleep(self.delay)
         with self.lock:
+            self.running -= 1
             self.batches.append(inputs["x"].copy())
         return {"y": inputs["x"] * 2}
+
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self.lock:
+            self.lane_calls.append(len(inputs["x"]))
+        return self.run(graph, inputs)
 
     def close(self) -> None:
         pass
@@ -90,6 +105,45 @@ def test_max_batch_caps_merged_rows_and_chunks_big_calls() -> None:
     asyncio.run(main())
 
 
+@pytest.mark.parametrize(
+    ("rows", "max_batch", "lanes", "sizes"),
+    [
+        (1, 4096, 2, [1]),  # one row: one call on every thread
+        (5, 4096, 1, [5]),
+        (5, 4096, 2, [2, 3]),  # one part per lane
+        (3, 4096, 4, [1, 1, 1]),  # never more parts than rows
+        (10, 4, 1, [3, 3, 4]),  # max_batch caps every part
+        (10, 4, 2, [2, 3, 2, 3]),  # ... and the count rounds up to a multiple of the lanes
+    ],
+)
+def test_row_parts(rows: int, max_batch: int, lanes: int, sizes: list[int]) -> None:
+    parts = row_parts(rows, max_batch, lanes)
+    assert [p.stop - p.start for p in parts] == sizes
+    assert parts[0].start == 0 and parts[-1].stop == rows
+    assert all(a.stop == b.start for a, b in itertools.pairwise(parts))
+
+
+def test_batches_spread_over_lanes_run_side_by_side_and_equal_one_call() -> None:
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.05, lanes=2)
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend)
+        x = np.arange(12.0).reshape(6, 2)
+        started = time.perf_counter()
+        out = await call("g", {"x": x})
+        elapsed = time.perf_counter() - started
+        np.testing.assert_array_equal(out["y"], x * 2)
+        assert backend.lane_calls == [3, 3]
+        assert backend.most_at_once == 2  # the two parts ran at once ...
+        assert elapsed < 0.09  # ... so the batch took about one part's time, not two
+        single = await call("g", {"x": x[:1]})  # a single row: one call on every thread
+        np.testing.assert_array_equal(single["y"], x[:1] * 2)
+        assert backend.lane_calls == [3, 3]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 def test_full_queue_is_refused_at_once() -> None:
     async def main() -> None:
         backend = RecordingBackend(delay=0.2)
@@ -130,14 +184,20 @@ def test_cancelled_waiting_call_frees_its_slot() -> None:
 
 
 class FakeRequest:
-    """Just enough of a Starlette request for guarded(): disconnects after `after` seconds."""
+    """Just enough of a Starlette request for guarded(): the receive channel delivers
+    `http.disconnect` after `after` seconds (never when None), as an ASGI server does once
+    the body has been read."""
 
     def __init__(self, after: float | None) -> None:
         self.after = after
         self.start = time.perf_counter()
 
-    async def is_disconnected(self) -> bool:
-        return self.after is not None and time.perf_counter() - self.start > self.after
+    async def receive(self) -> dict[str, Any]:
+        if self.after is None:
+            await asyncio.Event().wait()
+        else:
+            await asyncio.sleep(max(0.0, self.after - (time.perf_counter() - self.start)))
+        return {"type": "http.disconnect"}
 
 
 def _pixelcnn_engine(tiny_store: Path, delay: float) -> tuple[Any, list[int]]:
@@ -235,8 +295,9 @@ def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]
     return reqs
 
 
+@pytest.mark.parametrize("lanes", [1, 2])
 @pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn"])
-def test_batched_equals_unbatched(tiny_store: Path, family: str) -> None:
+def test_batched_equals_unbatched(tiny_store: Path, family: str, lanes: int) -> None:
     x = load_dataset("digits").x[:8, 0]
     reqs = _requests_for(family, x)
 
@@ -248,7 +309,7 @@ def test_batched_equals_unbatched(tiny_store: Path, family: str) -> None:
         rs = await asyncio.gather(*(client.post(url, json=body) for url, body in reqs))
         return [r.json() for r in rs], app.state.registry.batcher.batches - before
 
-    settings = Settings(model_store=tiny_store, models=[f"{family}-digits"])
+    settings = Settings(model_store=tiny_store, models=[f"{family}-digits"], threads=2, lanes=lanes)
     alone = _with_app(settings, sequential)
     together, batches = _with_app(settings, concurrent)
     assert together == alone
