@@ -34,6 +34,7 @@ import httpx
 import numpy as np
 
 from service.batching import direct_caller
+from service.config import Settings
 from service.engine import build_engine
 from service.resources import available_cores, thread_layout
 from service.runtime import load_backend
@@ -139,7 +140,8 @@ class Limit:
     threads and lanes, a batch cut into the same parts (service.batching.run_batch)."""
 
     def __init__(self, store: ModelStore) -> None:
-        self.threads, self.lanes = thread_layout(None, None)
+        env = Settings()  # GENSERVE_THREADS / GENSERVE_LANES, as the server under test reads them
+        self.threads, self.lanes = thread_layout(env.threads, env.lanes)
         self.pool = ThreadPoolExecutor(self.lanes) if self.lanes > 1 else None
         self.engines = {}
         self.loop = asyncio.new_event_loop()
