@@ -65,7 +65,7 @@ class _Queue:
 
 
 class Batcher:
-    """The scheduler in front of the inference thread."""
+    """The scheduler in front of the runtimes: one batch at a time, its parts on the lanes."""
 
     def __init__(self, metrics: Metrics | None = None, lanes: int = 1) -> None:
         # The dispatcher thread runs one batch at a time; the lane threads run its parts.

@@ -507,7 +507,8 @@ def real_server(tiny_store: Path) -> Iterator[str]:
 def _logits_batches(url: str) -> float:
     """Batched PixelCNN `logits` calls so far, from the stage histogram on /metrics."""
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith("genserve_stage_seconds_count") and 'endpoint="logits"' in line and 'stage="compute"' in line:
+        wanted = 'endpoint="logits"' in line and 'stage="compute"' in line
+        if line.startswith("genserve_stage_seconds_count") and wanted:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
