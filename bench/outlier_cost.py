@@ -60,6 +60,13 @@ def _method_ms(man: Manifest, x: np.ndarray, ll: np.ndarray, repeats: int) -> di
     return out
 
 
+def _engine(store: ModelStore, name: str) -> tuple[Manifest, Engine]:
+    """The served engine of `name` over ONNX Runtime, called inline (no batcher)."""
+    version = store.open(name)
+    backend = load_backend(version, "onnxruntime", "cpu", available_cores())
+    return version.manifest, build_engine(version.manifest, inline_caller(backend))
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--store", type=Path, default=Path("model_store"))
@@ -74,11 +81,8 @@ def main() -> None:
         _ratios(store, names, x, a.repeats)
     print(f"\n| model | method | score ms per {a.rows} rows (likelihoods given) |\n|---|---|---|")
     for name in names:
-        version = store.open(name)
-        man = version.manifest
+        man, engine = _engine(store, name)
         assert man.calibration is not None
-        backend = load_backend(version, "onnxruntime", "cpu", available_cores())
-        engine = build_engine(man, inline_caller(backend))
         ll = asyncio.run(engine.log_likelihood(x, None, man.calibration.samples, seed=0)).log_likelihood
         for method, ms in _method_ms(man, x, ll, a.repeats).items():
             print(f"| {name} | {method} | {ms:.2f} |")
@@ -88,11 +92,8 @@ def _ratios(store: ModelStore, names: tuple[str, ...], x: np.ndarray, repeats: i
     print("| model | default method | likelihood s | + outlier scoring s | ratio |")
     print("|---|---|---|---|---|")
     for name in names:
-        version = store.open(name)
-        man = version.manifest
+        man, engine = _engine(store, name)
         assert man.calibration is not None
-        backend = load_backend(version, "onnxruntime", "cpu", available_cores())
-        engine = build_engine(man, inline_caller(backend))
         k = man.calibration.samples
         plain = _median_s(lambda e=engine, k=k: _plain(e, x, k), repeats)
         scored = _median_s(lambda e=engine, m=man, k=k: _scored(e, m, x, k), repeats)

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import io
 from typing import Any
 
 import httpx
+import numpy as np
 
 from service.app import create_app
 from service.config import Settings
@@ -26,6 +28,12 @@ class Client:
 
     def post(self, url: str, **kw: Any) -> httpx.Response:
         return self.request("POST", url, **kw)
+
+    def post_npy(self, url: str, arr: np.ndarray) -> httpx.Response:
+        """POST `arr` as an application/x-npy body."""
+        buf = io.BytesIO()
+        np.save(buf, arr)
+        return self.post(url, content=buf.getvalue(), headers={"content-type": "application/x-npy"})
 
     def get(self, url: str, **kw: Any) -> httpx.Response:
         return self.request("GET", url, **kw)

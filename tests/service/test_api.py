@@ -189,13 +189,7 @@ def test_log_likelihood_json_and_npy(client: Client, family: str, digits: np.nda
         assert row["outlier"]["method"] in set(METHODS)
         assert 0 < row["outlier"]["p_value"] <= 1
         assert row["outlier"]["is_outlier"] == (row["outlier"]["p_value"] <= 0.05)
-    buf = io.BytesIO()
-    np.save(buf, digits.astype(np.uint8))
-    npy = client.post(
-        f"/log-likelihood?model={model(family)}&labels=3",
-        content=buf.getvalue(),
-        headers={"content-type": "application/x-npy"},
-    )
+    npy = client.post_npy(f"/log-likelihood?model={model(family)}&labels=3", digits.astype(np.uint8))
     assert npy.status_code == 200, npy.text
     assert [r["log_likelihood"] for r in npy.json()["results"]] == [r["log_likelihood"] for r in rows]
 

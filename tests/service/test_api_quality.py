@@ -124,13 +124,7 @@ def test_posterior_classifies_test_digits_as_well_as_the_judge(
 ) -> None:
     d, splits = data
     x, y = d.x[splits.test], d.y[splits.test]
-    buf = io.BytesIO()
-    np.save(buf, x.astype(np.uint8))
-    r = client.post(
-        f"/log-likelihood?model={family}-digits",
-        content=buf.getvalue(),
-        headers={"content-type": "application/x-npy"},
-    )
+    r = client.post_npy(f"/log-likelihood?model={family}-digits", x.astype(np.uint8))
     assert r.status_code == 200, r.text
     out = r.json()
     assert out["marginal"] is True
