@@ -13,6 +13,7 @@ import argparse
 import asyncio
 import time
 from collections.abc import Callable, Coroutine
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +21,7 @@ import numpy as np
 
 from service.engine import Engine, build_engine, inline_caller
 from service.manifest import Manifest
-from service.outliers import available_methods, outlier_results, score
+from service.outliers import Evidence, available_methods, outlier_results, score
 from service.resources import available_cores
 from service.runtime import load_backend
 from service.store import ModelStore
@@ -45,16 +46,16 @@ def _median_s(fn: Callable[[], Coroutine[Any, Any, None]], repeats: int) -> floa
     return float(np.median(runs))
 
 
-def _method_ms(man: Manifest, x: np.ndarray, ll: np.ndarray, repeats: int) -> dict[str, float]:
+def _method_ms(man: Manifest, evidence: Evidence, repeats: int) -> dict[str, float]:
     """Median milliseconds of each method's score over the rows, given their likelihoods."""
     assert man.calibration is not None
     cal = man.calibration
     out = {}
-    for m in available_methods(cal.background):
+    for m in available_methods(cal.background, man.conditioning.conditional):
         runs = []
         for _ in range(repeats):
             t = time.perf_counter()
-            score(m, ll, x, man.dataset, cal.stats.get(m, {}), cal.background)
+            score(m, evidence, man.dataset, cal.stats.get(m, {}), cal.background)
             runs.append(time.perf_counter() - t)
         out[m] = 1e3 * float(np.median(runs))
     return out
@@ -83,8 +84,9 @@ def main() -> None:
     for name in names:
         man, engine = _engine(store, name)
         assert man.calibration is not None
-        ll = asyncio.run(engine.log_likelihood(x, None, man.calibration.samples, seed=0)).log_likelihood
-        for method, ms in _method_ms(man, x, ll, a.repeats).items():
+        ll = asyncio.run(engine.log_likelihood(x, None, man.calibration.samples, seed=0))
+        evidence = Evidence(ll.log_likelihood, x, ll.log_posterior)
+        for method, ms in _method_ms(man, evidence, a.repeats).items():
             print(f"| {name} | {method} | {ms:.2f} |")
 
 
@@ -95,8 +97,8 @@ def _ratios(store: ModelStore, names: tuple[str, ...], x: np.ndarray, repeats: i
         man, engine = _engine(store, name)
         assert man.calibration is not None
         k = man.calibration.samples
-        plain = _median_s(lambda e=engine, k=k: _plain(e, x, k), repeats)
-        scored = _median_s(lambda e=engine, m=man, k=k: _scored(e, m, x, k), repeats)
+        plain = _median_s(partial(_plain, engine, x, k), repeats)
+        scored = _median_s(partial(_scored, engine, man, x, k), repeats)
         method = man.calibration.default_method
         print(f"| {name} | {method} | {plain:.3f} | {scored:.3f} | {scored / plain:.3f} |")
 

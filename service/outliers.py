@@ -12,6 +12,14 @@ negative log-likelihood the service offers scores that correct for that:
 - `likelihood_ratio`: NLL minus the NLL of a local background model fitted on the
   training split (Ren et al. 2019's ratio, with Schirrmeister et al. 2020's local
   background; see background.py): a learned compressor in place of DEFLATE.
+- `label_ambiguity` (conditional models, labels left to the model): how close the two
+  most probable labels are under Bayes' rule, log p(y2|x) - log p(y1|x). The corrections
+  above remove low-level statistics; this one looks at semantics: an input of a class the
+  model never saw fits no label clearly (the generative classifier's counterpart of the
+  max-softmax baseline, Hendrycks & Gimpel 2017).
+- `ratio_ambiguity` and `combined`: sums of the scores above, each standardised by its
+  median and interquartile range on the validation split, so that an input is flagged
+  when it is unusual in low-level statistics, in semantics, or in both.
 
 Every score is "larger = more anomalous". A p-value compares a score with the scores of
 the held-out in-distribution calibration split stored in the manifest:
@@ -28,6 +36,7 @@ from __future__ import annotations
 import math
 import zlib
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -41,9 +50,19 @@ if TYPE_CHECKING:
     from .engine import Engine, Likelihood
 
 FloatArray = NDArray[np.float64]
-ScoreFn = Callable[
-    [FloatArray, np.ndarray, DatasetSpec, dict[str, float], BackgroundRecord | None], FloatArray
-]
+
+
+@dataclass(frozen=True)
+class Evidence:
+    """What the scores of a batch see: per row, the likelihood, the input and (when the
+    model inferred the label) the label posterior."""
+
+    ll: FloatArray  # [B] log-likelihood, nats: marginal unless labels were given
+    x: np.ndarray  # [B, C, H, W] integer levels
+    log_posterior: FloatArray | None = None  # [B, L] log p(y | x), for unlabelled conditional scoring
+
+
+ScoreFn = Callable[[Evidence, DatasetSpec, dict[str, float], BackgroundRecord | None], FloatArray]
 
 
 def nll_bits_per_dim(log_likelihood: FloatArray, spec: DatasetSpec) -> FloatArray:
@@ -67,31 +86,67 @@ def compressed_bits(x: np.ndarray, spec: DatasetSpec) -> FloatArray:
     return out
 
 
-def _nll(
-    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
-) -> FloatArray:
-    return nll_bits_per_dim(ll, spec)
+def _nll(e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None) -> FloatArray:
+    return nll_bits_per_dim(e.ll, spec)
 
 
 def _typicality(
-    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
-    return np.abs(nll_bits_per_dim(ll, spec) - stats["typical_bpd"])
+    return np.abs(nll_bits_per_dim(e.ll, spec) - stats["typical_bpd"])
 
 
 def _complexity(
-    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
-    return nll_bits_per_dim(ll, spec) - compressed_bits(x, spec) / spec.dims
+    return nll_bits_per_dim(e.ll, spec) - compressed_bits(e.x, spec) / spec.dims
 
 
 def _likelihood_ratio(
-    ll: FloatArray, x: np.ndarray, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
     if bg is None:
         raise ValueError("likelihood_ratio needs a background model")
-    return nll_bits_per_dim(ll, spec) - nll_bits_per_dim(background_log_likelihood(bg, x), spec)
+    return nll_bits_per_dim(e.ll, spec) - nll_bits_per_dim(background_log_likelihood(bg, e.x), spec)
 
+
+def label_ambiguity(log_posterior: FloatArray) -> FloatArray:
+    """log p(y2 | x) - log p(y1 | x) for the two most probable labels, nats [B]: near 0
+    when the model cannot tell two classes apart, very negative when it is sure."""
+    top2 = np.partition(np.asarray(log_posterior, dtype=np.float64), -2, axis=1)[:, -2:]  # [B, 2]
+    return top2[:, 0] - top2[:, 1]
+
+
+def _label_ambiguity(
+    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
+    if e.log_posterior is None:
+        raise ValueError("label_ambiguity needs the label posterior of an unlabelled request")
+    return label_ambiguity(e.log_posterior)
+
+
+def _standardised_sum(parts: tuple[str, ...]) -> ScoreFn:
+    """Σ over `parts` of (score - validation median) / validation scale. A part whose
+    statistics are absent is left out: the label posterior when labels are given."""
+
+    def fn(
+        e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    ) -> FloatArray:
+        total = np.zeros(len(e.ll), dtype=np.float64)
+        for part in parts:
+            if f"{part}_median" not in stats:
+                continue
+            total += (METHODS[part][0](e, spec, {}, bg) - stats[f"{part}_median"]) / stats[f"{part}_scale"]
+        return total
+
+    return fn
+
+
+_RATIO_AMBIGUITY = ("likelihood_ratio", "label_ambiguity")
+_COMBINED = ("likelihood_ratio", "complexity", "label_ambiguity")
+# Components of the standardised sums; the order of METHODS is also the tie-break order
+# of the build's selection (simpler first).
+PARTS: dict[str, tuple[str, ...]] = {"ratio_ambiguity": _RATIO_AMBIGUITY, "combined": _COMBINED}
 
 METHODS: dict[str, tuple[ScoreFn, str]] = {
     "nll": (_nll, "negative log-likelihood in bits/dim (the raw baseline; ranks simple inputs as typical)"),
@@ -111,52 +166,96 @@ METHODS: dict[str, tuple[ScoreFn, str]] = {
         "neighbours, fitted on the training split), bits/dim: the likelihood ratio of Ren et al. "
         "2019 with a local background (Schirrmeister et al. 2020)",
     ),
+    "label_ambiguity": (
+        _label_ambiguity,
+        "log p(y2|x) - log p(y1|x), nats, for the two most probable labels under Bayes' rule: "
+        "semantic novelty, an input that fits no class clearly (conditional models, scored "
+        "without labels)",
+    ),
+    "ratio_ambiguity": (
+        _standardised_sum(_RATIO_AMBIGUITY),
+        "likelihood_ratio + label_ambiguity, each standardised by its validation median and "
+        "interquartile range: low-level and semantic novelty together (with labels given, "
+        "the likelihood-ratio part alone)",
+    ),
+    "combined": (
+        _standardised_sum(_COMBINED),
+        "likelihood_ratio + complexity + label_ambiguity, each standardised by its validation "
+        "median and interquartile range (with labels given, without the label_ambiguity part)",
+    ),
 }
-NEEDS_BACKGROUND = frozenset({"likelihood_ratio"})
+NEEDS_BACKGROUND = frozenset({"likelihood_ratio", "ratio_ambiguity", "combined"})
+NEEDS_POSTERIOR = frozenset({"label_ambiguity", "ratio_ambiguity", "combined"})
 DEFAULT_METHOD = "nll"  # only the fallback: each build picks its default on validation data
 
 
-def method_stats(method: str, reference_ll: FloatArray, spec: DatasetSpec) -> dict[str, float]:
-    """Statistics a method needs, from in-distribution log-likelihoods of the validation split."""
+def _spread(values: FloatArray) -> float:
+    """A robust scale: the interquartile range of a normal's units (1 when degenerate)."""
+    q1, q3 = np.percentile(values, [25, 75])
+    scale = float(q3 - q1) / 1.349
+    return scale if scale > 1e-9 else 1.0
+
+
+def method_stats(
+    method: str, reference: Evidence, spec: DatasetSpec, background: BackgroundRecord | None = None
+) -> dict[str, float]:
+    """Statistics a method needs, from in-distribution evidence of the validation split."""
     if method == "typicality":
-        return {"typical_bpd": float(np.mean(nll_bits_per_dim(reference_ll, spec)))}
-    return {}
+        return {"typical_bpd": float(np.mean(nll_bits_per_dim(reference.ll, spec)))}
+    out: dict[str, float] = {}
+    for part in PARTS.get(method, ()):
+        if (part in NEEDS_POSTERIOR and reference.log_posterior is None) or (
+            part in NEEDS_BACKGROUND and background is None
+        ):
+            continue
+        values = score(part, reference, spec, {}, background)
+        out[f"{part}_median"] = float(np.median(values))
+        out[f"{part}_scale"] = _spread(values)
+    return out
 
 
-def available_methods(background: BackgroundRecord | None) -> list[str]:
-    """The methods a model can be scored with (stores built without a background lack one)."""
-    return [m for m in METHODS if background is not None or m not in NEEDS_BACKGROUND]
+def available_methods(background: BackgroundRecord | None, conditional: bool = True) -> list[str]:
+    """The methods a model can be scored with: stores built without a background lack the
+    ratio, and unconditional models have no label posterior."""
+    return [
+        m
+        for m in METHODS
+        if (background is not None or m not in NEEDS_BACKGROUND) and (conditional or m not in NEEDS_POSTERIOR)
+    ]
 
 
 def score(
     method: str,
-    ll: FloatArray,
-    x: np.ndarray,
+    evidence: Evidence,
     spec: DatasetSpec,
     stats: dict[str, float],
     background: BackgroundRecord | None = None,
 ) -> FloatArray:
-    """Scores of one method for rows with log-likelihoods `ll` (nats) and inputs `x`."""
+    """Scores of one method for a batch of rows (larger = more anomalous) [B]."""
     fn, _ = METHODS[method]
-    return fn(np.asarray(ll, dtype=np.float64), x, spec, stats, background)
+    return fn(evidence, spec, stats, background)
 
 
-def all_stats(reference_ll: FloatArray, spec: DatasetSpec) -> dict[str, dict[str, float]]:
-    """Every method's statistics from one set of reference log-likelihoods."""
-    return {m: method_stats(m, reference_ll, spec) for m in METHODS}
+def all_stats(
+    reference: Evidence, spec: DatasetSpec, background: BackgroundRecord | None = None
+) -> dict[str, dict[str, float]]:
+    """Every method's statistics from one set of in-distribution reference evidence."""
+    return {m: method_stats(m, reference, spec, background) for m in METHODS}
 
 
 def calibration_scores(
-    ll: FloatArray,
-    x: np.ndarray,
+    evidence: Evidence,
     spec: DatasetSpec,
     stats: dict[str, dict[str, float]],
     background: BackgroundRecord | None = None,
+    conditional: bool = True,
 ) -> dict[str, list[float]]:
-    """Every available method's scores for the calibration split (stored in the manifest)."""
-    return {
-        m: score(m, ll, x, spec, stats.get(m, {}), background).tolist() for m in available_methods(background)
-    }
+    """Every method's scores for the calibration split (stored in the manifest): the
+    methods the model admits, less those needing a label posterior the evidence lacks."""
+    methods = available_methods(background, conditional)
+    if evidence.log_posterior is None:
+        methods = [m for m in methods if m != "label_ambiguity"]
+    return {m: score(m, evidence, spec, stats.get(m, {}), background).tolist() for m in methods}
 
 
 def conformal_p_values(calibration: FloatArray, scores: FloatArray) -> FloatArray:
@@ -217,17 +316,21 @@ async def outlier_results(
         known = ", ".join(sorted(m for m in cal.scores if m in METHODS))
         raise InvalidInputError.field(["outlier_method"], f"unknown method (this model has: {known})")
     given = labels is not None and engine.conditional
-    values = ll.log_likelihood
+    table, stats = _reference(cal, given)
+    if chosen not in table:
+        raise InvalidInputError.field(
+            ["outlier_method"], f"{chosen} scores the label posterior: send the inputs without labels"
+        )
     if samples != cal.samples:
         # Scored with another estimator size than the calibration split: score again the
         # calibrated way, or the p-values would compare unlike with unlike.
-        values = (await engine.log_likelihood(x, labels, cal.samples, seed=0)).log_likelihood
+        ll = await engine.log_likelihood(x, labels, cal.samples, seed=0)
+    evidence = Evidence(ll.log_likelihood, x, ll.log_posterior)
     spec = manifest.dataset
-    table, stats = _reference(cal, given)
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]
     per_method: dict[str, tuple[FloatArray, FloatArray, NDArray[np.bool_] | None]] = {}
     for m in methods:
-        s = score(m, values, x, spec, stats.get(m, {}), cal.background)
+        s = score(m, evidence, spec, stats.get(m, {}), cal.background)
         p = conformal_p_values(np.asarray(table[m]), s)
         per_method[m] = (s, p, None if fdr is None else benjamini_hochberg(p, fdr))
     out = []

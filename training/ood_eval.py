@@ -27,7 +27,14 @@ from rich.console import Console
 from service.background import fit_background
 from service.engine import Engine, build_engine, inline_caller
 from service.manifest import BackgroundRecord, Conditioning, DatasetSpec, Manifest
-from service.outliers import all_stats, available_methods, nll_bits_per_dim, outlier_results, score
+from service.outliers import (
+    Evidence,
+    all_stats,
+    available_methods,
+    nll_bits_per_dim,
+    outlier_results,
+    score,
+)
 from service.runtime import load_backend
 from service.store import ModelStore
 
@@ -86,9 +93,11 @@ class Scored:
     stats: dict[str, dict[str, float]] = field(default_factory=dict)
     background: BackgroundRecord | None = None
 
-    def log_likelihood(self, x: np.ndarray) -> np.ndarray:
-        """Marginal log p(x) per row (nats), as an unlabelled request gets it."""
-        return asyncio.run(self.engine.log_likelihood(x, None, self.samples, seed=0)).log_likelihood
+    def evidence(self, x: np.ndarray) -> Evidence:
+        """Marginal log p(x) per row (nats) and the label posterior, as an unlabelled request
+        gets them."""
+        ll = asyncio.run(self.engine.log_likelihood(x, None, self.samples, seed=0))
+        return Evidence(ll.log_likelihood, x, ll.log_posterior)
 
 
 def _generative_rows(
@@ -97,18 +106,16 @@ def _generative_rows(
     rows, nll = [], {}
     for m in models:
         spec = m.engine.spec
-        ll_in = m.log_likelihood(x_in)
-        ll_out = {name: m.log_likelihood(x) for name, x in sets.items()}
+        e_in = m.evidence(x_in)
+        e_out = {name: m.evidence(x) for name, x in sets.items()}
         nll[m.family] = {
-            name: float(np.mean(nll_bits_per_dim(ll, spec))) for name, ll in {"test": ll_in, **ll_out}.items()
+            name: float(np.mean(nll_bits_per_dim(e.ll, spec))) for name, e in {"test": e_in, **e_out}.items()
         }
-        for method in available_methods(m.background):
-            s_in = score(method, ll_in, x_in, spec, m.stats[method], m.background)
+        for method in available_methods(m.background, m.engine.conditional):
+            s_in = score(method, e_in, spec, m.stats[method], m.background)
             metrics = {
-                name: detection_metrics(
-                    s_in, score(method, ll_out[name], x, spec, m.stats[method], m.background)
-                )
-                for name, x in sets.items()
+                name: detection_metrics(s_in, score(method, e_out[name], spec, m.stats[method], m.background))
+                for name in sets
             }
             rows.append(DetectorResult(detector=f"{m.family}/{method}", kind="generative", sets=metrics))
     return rows, nll
@@ -131,10 +138,11 @@ def _calibration_checks(
     checks = []
     cal = manifest.calibration
     assert cal is not None
-    methods = available_methods(cal.background)
     for labels, lab in (("marginal", None), ("given", y if scored.engine.conditional else None)):
         if labels == "given" and lab is None:
             continue
+        table = cal.scores_given_labels if labels == "given" and cal.scores_given_labels else cal.scores
+        methods = [m for m in available_methods(cal.background, scored.engine.conditional) if m in table]
         ll = asyncio.run(scored.engine.log_likelihood(x, lab, scored.samples, seed=0))
         # One pass through the service's scoring gives every method's p-values; each alpha
         # is a threshold on them (is_outlier = p <= alpha).
@@ -294,8 +302,8 @@ def evaluate_novelty(
             model.cpu().eval()
             prior = class_prior(rest.y[splits.train], rest.spec.num_classes)
             s = Scored(family, eager_engine(model, rest.spec, prior), SERVING_SAMPLES.get(family, 1))
-            s.stats = all_stats(s.log_likelihood(rest.x[splits.validation]), rest.spec)
             s.background = fit_background(rest.x[splits.train], rest.spec.levels)
+            s.stats = all_stats(s.evidence(rest.x[splits.validation]), rest.spec, s.background)
             scored.append(s)
         new_rows = _generative_rows(scored, x_in, x_out)[0]
         new_rows += _classical_rows(rest.x[splits.train], rest.spec.levels, x_in, x_out, seed)

@@ -16,7 +16,7 @@ import numpy as np
 from service.background import fit_background
 from service.engine import Engine
 from service.manifest import BackgroundRecord, CalibrationRecord
-from service.outliers import all_stats, available_methods, calibration_scores, score
+from service.outliers import Evidence, all_stats, available_methods, calibration_scores, score
 
 from .data import ImageDataset, Splits
 from .ood_metrics import detection_metrics
@@ -30,28 +30,32 @@ VALIDATION_IMAGES = 120
 
 async def select_method(
     engine: Engine,
-    x_val: np.ndarray,
-    val_ll: np.ndarray,
+    val: Evidence,
     stats: dict[str, dict[str, float]],
     samples: int,
     background: BackgroundRecord | None = None,
 ) -> tuple[str, dict[str, dict[str, float]]]:
     """The method with the best mean validation AUROC, and every method's AUROC per set.
 
-    Unlabelled (marginal) scoring, as outlier requests usually come.
+    Unlabelled (marginal) scoring, as outlier requests usually come. `label_ambiguity`
+    alone is ranked but never made the default: a default must serve labelled requests too.
     """
     spec = engine.spec
-    methods = available_methods(background)
-    inlier = {m: score(m, val_ll, x_val, spec, stats[m], background) for m in methods}
+    methods = available_methods(background, engine.conditional)
+    inlier = {m: score(m, val, spec, stats[m], background) for m in methods}
     table: dict[str, dict[str, float]] = {m: {} for m in methods}
-    pick = np.random.default_rng(1).choice(len(x_val), min(SELECTION_IMAGES, len(x_val)), replace=False)
-    for name, x_ood in build_sets(x_val[np.sort(pick)], spec.levels, seed=1).items():
-        ll = (await engine.log_likelihood(x_ood, None, samples, seed=0)).log_likelihood
+    pick = np.random.default_rng(1).choice(len(val.x), min(SELECTION_IMAGES, len(val.x)), replace=False)
+    for name, x_ood in build_sets(val.x[np.sort(pick)], spec.levels, seed=1).items():
+        ll = await engine.log_likelihood(x_ood, None, samples, seed=0)
+        ood = Evidence(ll.log_likelihood, x_ood, ll.log_posterior)
         for m in methods:
-            s_out = score(m, ll, x_ood, spec, stats[m], background)
+            s_out = score(m, ood, spec, stats[m], background)
             table[m][name] = detection_metrics(inlier[m], s_out)["auroc"]
-    # Ties go to the simpler score (METHODS order: nll, typicality, complexity, likelihood_ratio).
-    best = max(methods, key=lambda m: (round(float(np.mean(list(table[m].values()))), 4), -methods.index(m)))
+    # Ties go to the simpler score (METHODS order: nll, typicality, complexity, likelihood_ratio, ...).
+    candidates = [m for m in methods if m != "label_ambiguity"]
+    best = max(
+        candidates, key=lambda m: (round(float(np.mean(list(table[m].values()))), 4), -methods.index(m))
+    )
     return best, table
 
 
@@ -69,16 +73,17 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
     background = fit_background(data.x[splits.train], spec.levels)
     # Unlabelled requests to a conditional model are scored with the marginal p(x);
     # labelled ones with p(x | y), calibrated here with each example's true label.
-    val = await engine.log_likelihood(x_val, None, samples, seed=0)
-    stats = all_stats(val.log_likelihood, spec)
+    val_ll = await engine.log_likelihood(x_val, None, samples, seed=0)
+    val = Evidence(val_ll.log_likelihood, x_val, val_ll.log_posterior)
+    stats = all_stats(val, spec, background)
     cal = await engine.log_likelihood(x_cal, None, samples, seed=0)
-    default, selection = await select_method(engine, x_val, val.log_likelihood, stats, samples, background)
+    default, selection = await select_method(engine, val, stats, samples, background)
     given = given_stats = None
     if engine.conditional and data.y is not None:
         val_y = await engine.log_likelihood(x_val, data.y[val_idx], samples, seed=0)
-        given_stats = all_stats(val_y.log_likelihood, spec)
+        given_stats = all_stats(Evidence(val_y.log_likelihood, x_val), spec, background)
         cal_y = await engine.log_likelihood(x_cal, data.y[splits.calibration], samples, seed=0)
-        given = calibration_scores(cal_y.log_likelihood, x_cal, spec, given_stats, background)
+        given = calibration_scores(Evidence(cal_y.log_likelihood, x_cal), spec, given_stats, background)
     return CalibrationRecord(
         size=len(x_cal),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -86,7 +91,13 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
         samples=samples,
         default_method=default,
         log_likelihood=cal.log_likelihood.tolist(),
-        scores=calibration_scores(cal.log_likelihood, x_cal, spec, stats, background),
+        scores=calibration_scores(
+            Evidence(cal.log_likelihood, x_cal, cal.log_posterior),
+            spec,
+            stats,
+            background,
+            engine.conditional,
+        ),
         scores_given_labels=given,
         stats=stats,
         stats_given_labels=given_stats,

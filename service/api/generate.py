@@ -223,11 +223,12 @@ async def log_likelihood(request: Request) -> Response:
     metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
     bpd = engine.bits_per_dim(ll.log_likelihood)
     names = spec.label_names or []
+    posterior = ll.posterior
     rows: list[dict[str, Any]] = []
     for i in range(len(x)):
         row: dict[str, Any] = {"log_likelihood": float(ll.log_likelihood[i]), "bits_per_dim": float(bpd[i])}
-        if ll.posterior is not None:
-            post = ll.posterior[i]
+        if posterior is not None:
+            post = posterior[i]
             row["label_posterior"] = dict(zip(names, post.tolist(), strict=True))
             row["predicted_label"] = names[int(post.argmax())]
         row.update(outliers[i])

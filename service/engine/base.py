@@ -36,7 +36,12 @@ class Likelihood:
     estimator: str
     samples: int
     marginal: bool = False
-    posterior: NDArray[np.float64] | None = None  # [B, L], p(y | x), when marginalised
+    log_posterior: NDArray[np.float64] | None = None  # [B, L], log p(y | x), when marginalised
+
+    @property
+    def posterior(self) -> NDArray[np.float64] | None:
+        """p(y | x) [B, L] for a marginalised call, else None."""
+        return None if self.log_posterior is None else np.exp(self.log_posterior)
 
 
 @dataclass
@@ -137,8 +142,9 @@ class Engine:
             joint = per.reshape(len(x), -1) + self.log_prior[None, :]
             top = joint.max(axis=1, keepdims=True)
             marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
-            posterior = np.exp(joint - marginal[:, None])
-            return Likelihood(marginal, self.estimator(samples), samples, True, posterior)
+            # Kept in log space: a confident row's runner-up label is e^-700 and beyond.
+            log_posterior = joint - marginal[:, None]
+            return Likelihood(marginal, self.estimator(samples), samples, True, log_posterior)
         ll = await self.conditional_log_likelihood(x, labels, samples, seed)
         return Likelihood(ll, self.estimator(samples), samples)
 

@@ -212,6 +212,12 @@ def test_scores_do_not_depend_on_the_batch(client: Client, family: str, digits: 
     alone = client.post("/log-likelihood", json={**body, "inputs": digits[3:4].tolist()}).json()
     assert alone["results"][0] == together["results"][3]
     assert {o["method"] for o in alone["results"][0]["outliers"]} == set(METHODS)
+    # Labelled: every method but the one that scores the label posterior, also batch-free.
+    labelled = {**body, "labels": 3}
+    together = client.post("/log-likelihood", json={**labelled, "inputs": digits.tolist()}).json()
+    alone = client.post("/log-likelihood", json={**labelled, "inputs": digits[3:4].tolist()}).json()
+    assert alone["results"][0] == together["results"][3]
+    assert {o["method"] for o in alone["results"][0]["outliers"]} == set(METHODS) - {"label_ambiguity"}
 
 
 @pytest.mark.parametrize("family", LIKELIHOOD)
@@ -336,6 +342,17 @@ def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarr
         (
             "/log-likelihood",
             {"model": "vae-digits", "inputs": [[[0] * 8] * 8], "outlier_method": "astrology"},
+            422,
+            "outlier_method",
+        ),
+        (
+            "/log-likelihood",
+            {
+                "model": "vae-digits",
+                "inputs": [[[0] * 8] * 8],
+                "labels": 3,
+                "outlier_method": "label_ambiguity",
+            },
             422,
             "outlier_method",
         ),

@@ -54,8 +54,9 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
                 assert all(0.0 <= v <= 1.0 for v in m.values())
     kde = next(r for r in report.protocols["transformed"] if r.detector == "kde")
     assert kde.sets["uniform-noise"]["auroc"] > 0.95  # a fitted density tells noise from digits
-    # Calibration rows: every likelihood model, marginal and labelled, every method.
-    assert len(report.calibration) == 3 * 2 * len(METHODS)
+    # Calibration rows: every likelihood model, marginal and labelled, every method (the
+    # label posterior's own score only unlabelled).
+    assert len(report.calibration) == 3 * (2 * len(METHODS) - 1)
     for c in report.calibration:
         assert c.n == report.calibration[0].n > 200  # the whole test split
         assert 0.0 <= c.flagged["0.01"] <= c.flagged["0.05"] <= 0.2
