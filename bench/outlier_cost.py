@@ -84,8 +84,9 @@ def main() -> None:
     for name in names:
         man, engine = _engine(store, name)
         assert man.calibration is not None
-        ll = asyncio.run(engine.log_likelihood(x, None, man.calibration.samples, seed=0))
-        evidence = Evidence(ll.log_likelihood, x, ll.log_posterior)
+        evidence = Evidence.of(
+            asyncio.run(engine.log_likelihood(x, None, man.calibration.samples, seed=0)), x
+        )
         for method, ms in _method_ms(man, evidence, a.repeats).items():
             print(f"| {name} | {method} | {ms:.2f} |")
 

@@ -61,6 +61,11 @@ class Evidence:
     x: np.ndarray  # [B, C, H, W] integer levels
     log_posterior: FloatArray | None = None  # [B, L] log p(y | x), for unlabelled conditional scoring
 
+    @classmethod
+    def of(cls, likelihood: Likelihood, x: np.ndarray) -> Evidence:
+        """The evidence an engine's answer gives for inputs `x`."""
+        return cls(likelihood.log_likelihood, x, likelihood.log_posterior)
+
 
 ScoreFn = Callable[[Evidence, DatasetSpec, dict[str, float], BackgroundRecord | None], FloatArray]
 
@@ -186,6 +191,8 @@ METHODS: dict[str, tuple[ScoreFn, str]] = {
 }
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio", "ratio_ambiguity", "combined"})
 NEEDS_POSTERIOR = frozenset({"label_ambiguity", "ratio_ambiguity", "combined"})
+# Of those, the ones with nothing left to score when labels are given (the sums drop a part).
+POSTERIOR_ONLY = frozenset({"label_ambiguity"})
 DEFAULT_METHOD = "nll"  # only the fallback: each build picks its default on validation data
 
 
@@ -254,7 +261,7 @@ def calibration_scores(
     methods the model admits, less those needing a label posterior the evidence lacks."""
     methods = available_methods(background, conditional)
     if evidence.log_posterior is None:
-        methods = [m for m in methods if m != "label_ambiguity"]
+        methods = [m for m in methods if m not in POSTERIOR_ONLY]
     return {m: score(m, evidence, spec, stats.get(m, {}), background).tolist() for m in methods}
 
 
@@ -325,7 +332,7 @@ async def outlier_results(
         # Scored with another estimator size than the calibration split: score again the
         # calibrated way, or the p-values would compare unlike with unlike.
         ll = await engine.log_likelihood(x, labels, cal.samples, seed=0)
-    evidence = Evidence(ll.log_likelihood, x, ll.log_posterior)
+    evidence = Evidence.of(ll, x)
     spec = manifest.dataset
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]
     per_method: dict[str, tuple[FloatArray, FloatArray, NDArray[np.bool_] | None]] = {}

@@ -96,8 +96,7 @@ class Scored:
     def evidence(self, x: np.ndarray) -> Evidence:
         """Marginal log p(x) per row (nats) and the label posterior, as an unlabelled request
         gets them."""
-        ll = asyncio.run(self.engine.log_likelihood(x, None, self.samples, seed=0))
-        return Evidence(ll.log_likelihood, x, ll.log_posterior)
+        return Evidence.of(asyncio.run(self.engine.log_likelihood(x, None, self.samples, seed=0)), x)
 
 
 def _generative_rows(

@@ -16,7 +16,14 @@ import numpy as np
 from service.background import fit_background
 from service.engine import Engine
 from service.manifest import BackgroundRecord, CalibrationRecord
-from service.outliers import Evidence, all_stats, available_methods, calibration_scores, score
+from service.outliers import (
+    POSTERIOR_ONLY,
+    Evidence,
+    all_stats,
+    available_methods,
+    calibration_scores,
+    score,
+)
 
 from .data import ImageDataset, Splits
 from .ood_metrics import detection_metrics
@@ -47,12 +54,12 @@ async def select_method(
     pick = np.random.default_rng(1).choice(len(val.x), min(SELECTION_IMAGES, len(val.x)), replace=False)
     for name, x_ood in build_sets(val.x[np.sort(pick)], spec.levels, seed=1).items():
         ll = await engine.log_likelihood(x_ood, None, samples, seed=0)
-        ood = Evidence(ll.log_likelihood, x_ood, ll.log_posterior)
+        ood = Evidence.of(ll, x_ood)
         for m in methods:
             s_out = score(m, ood, spec, stats[m], background)
             table[m][name] = detection_metrics(inlier[m], s_out)["auroc"]
     # Ties go to the simpler score (METHODS order: nll, typicality, complexity, likelihood_ratio, ...).
-    candidates = [m for m in methods if m != "label_ambiguity"]
+    candidates = [m for m in methods if m not in POSTERIOR_ONLY]
     best = max(
         candidates, key=lambda m: (round(float(np.mean(list(table[m].values()))), 4), -methods.index(m))
     )
@@ -74,16 +81,16 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
     # Unlabelled requests to a conditional model are scored with the marginal p(x);
     # labelled ones with p(x | y), calibrated here with each example's true label.
     val_ll = await engine.log_likelihood(x_val, None, samples, seed=0)
-    val = Evidence(val_ll.log_likelihood, x_val, val_ll.log_posterior)
+    val = Evidence.of(val_ll, x_val)
     stats = all_stats(val, spec, background)
     cal = await engine.log_likelihood(x_cal, None, samples, seed=0)
     default, selection = await select_method(engine, val, stats, samples, background)
     given = given_stats = None
     if engine.conditional and data.y is not None:
         val_y = await engine.log_likelihood(x_val, data.y[val_idx], samples, seed=0)
-        given_stats = all_stats(Evidence(val_y.log_likelihood, x_val), spec, background)
+        given_stats = all_stats(Evidence.of(val_y, x_val), spec, background)
         cal_y = await engine.log_likelihood(x_cal, data.y[splits.calibration], samples, seed=0)
-        given = calibration_scores(Evidence(cal_y.log_likelihood, x_cal), spec, given_stats, background)
+        given = calibration_scores(Evidence.of(cal_y, x_cal), spec, given_stats, background)
     return CalibrationRecord(
         size=len(x_cal),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
@@ -92,7 +99,7 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
         default_method=default,
         log_likelihood=cal.log_likelihood.tolist(),
         scores=calibration_scores(
-            Evidence(cal.log_likelihood, x_cal, cal.log_posterior),
+            Evidence.of(cal, x_cal),
             spec,
             stats,
             background,
