@@ -319,6 +319,10 @@ def _mean(values: list[float]) -> float:
     return float(np.mean(values)) if values else float("nan")
 
 
+def _name(row: DetectorResult) -> str:
+    return f"**{row.detector}**" if row.kind == "generative" else row.detector
+
+
 def render_markdown(report: OODReport) -> str:
     """The report as markdown tables (what docs/outliers.md shows)."""
     lines = [
@@ -337,8 +341,15 @@ def render_markdown(report: OODReport) -> str:
         for r in rows:
             cells = [f"{r.sets[s]['auroc']:.3f}" for s in short]
             mean = [_mean([r.sets[s][k] for s in sets]) for k in ("auroc", "aupr", "fpr95")]
-            name = f"**{r.detector}**" if r.kind == "generative" else r.detector
-            lines.append("| " + " | ".join([name, *cells, *(f"{v:.3f}" for v in mean)]) + " |")
+            lines.append("| " + " | ".join([_name(r), *cells, *(f"{v:.3f}" for v in mean)]) + " |")
+        if not short:
+            # Too many sets (ten held-out classes) for the table above: a compact one.
+            lines += ["", f"### {protocol}: AUROC per outlier set, each", ""]
+            lines += ["| " + " | ".join(["detector", *sets, "mean"]) + " |", "|" + "---|" * (len(sets) + 2)]
+            for r in rows:
+                cells = [f"{r.sets[s]['auroc']:.2f}" for s in sets]
+                mean_auroc = _mean([r.sets[s]["auroc"] for s in sets])
+                lines.append("| " + " | ".join([_name(r), *cells, f"{mean_auroc:.3f}"]) + " |")
     if report.mean_nll_bpd:
         sets = list(next(iter(report.mean_nll_bpd.values())))
         lines += ["", "### Mean NLL (bits/dim) per set: lower = the model calls it more likely", ""]

@@ -9,7 +9,7 @@ import pytest
 
 from service.outliers import METHODS
 from training.data import load_dataset
-from training.ood_eval import evaluate_novelty, evaluate_store, render_markdown
+from training.ood_eval import DetectorResult, OODReport, evaluate_novelty, evaluate_store, render_markdown
 from training.ood_metrics import detection_metrics
 from training.ood_sets import ALL_SETS, build_sets
 
@@ -73,3 +73,19 @@ def test_novelty_protocol_retrains_without_the_held_out_class() -> None:
     assert {"pixelcnn/nll", "pixelcnn/typicality", "pixelcnn/complexity", "kde"} <= names
     for r in rows:
         assert list(r.sets) == ["class 0"]
+
+
+def test_markdown_lists_every_held_out_class_when_there_are_many() -> None:
+    sets = {f"class {c}": {"auroc": c / 10, "aupr": 0.5, "fpr95": 0.5} for c in range(10)}
+    report = OODReport(
+        dataset="digits",
+        created="now",
+        settings={},
+        protocols={"novelty": [DetectorResult(detector="lof", kind="classical", sets=sets)]},
+        calibration=[],
+        mean_nll_bpd={},
+        defaults={},
+    )
+    text = render_markdown(report)
+    assert "| detector | mean AUROC | mean AUPR | mean FPR95 |" in text  # the means table
+    assert "| lof | 0.00 | 0.10 | 0.20 | 0.30 | 0.40 | 0.50 | 0.60 | 0.70 | 0.80 | 0.90 | 0.450 |" in text
