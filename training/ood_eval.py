@@ -248,9 +248,9 @@ def _without_class(data: ImageDataset, held_out: int) -> ImageDataset:
 def evaluate_novelty(
     dataset: str = "digits",
     classes: list[int] | None = None,
-    minutes: float = 1.5,
+    minutes: float = 3.0,
     families: tuple[str, ...] = LIKELIHOOD_FAMILIES,
-    epoch_scale: float = 0.3,
+    epoch_scale: float = 1.0,
     seed: int = 0,
     train_overrides: dict[str, Any] | None = None,
     console: Console | None = None,
