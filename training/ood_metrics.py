@@ -5,6 +5,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
+from service.outliers import conformal_p_values
+
 
 def detection_metrics(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> dict[str, float]:
     """AUROC, AUPR (outliers positive) and the false-positive rate at 95% true-positive rate.
@@ -19,3 +21,33 @@ def detection_metrics(inlier_scores: np.ndarray, outlier_scores: np.ndarray) -> 
         "aupr": float(average_precision_score(t, s)),
         "fpr95": float(fpr[np.searchsorted(tpr, 0.95, side="left")]),
     }
+
+
+def resplit_flag_interval(
+    calibration: np.ndarray,
+    test: np.ndarray,
+    alphas: tuple[float, ...] = (0.05, 0.01),
+    draws: int = 2000,
+    coverage: float = 0.9,
+    seed: int = 0,
+) -> dict[str, list[float]]:
+    """How far the flagged fraction at each alpha moves with the draw of the held-out data.
+
+    The calibration and test scores of in-distribution data are exchangeable, so every
+    random re-split of their pool into sets of the same two sizes is as likely as the one
+    observed. Per alpha: the central `coverage` interval of the fraction of test scores
+    with conformal p <= alpha over `draws` re-splits. A fraction inside it is what an exact
+    procedure gives at these sample sizes; one outside it points at a real shift.
+    """
+    cal = np.asarray(calibration, dtype=np.float64)
+    pool = np.concatenate([cal, np.asarray(test, dtype=np.float64)])  # [n_cal + n_test]
+    n = len(cal)
+    rng = np.random.default_rng(seed)
+    flagged = np.empty((draws, len(alphas)))  # [draws, alphas]
+    for d in range(draws):
+        perm = rng.permutation(len(pool))
+        p = conformal_p_values(pool[perm[:n]], pool[perm[n:]])
+        flagged[d] = [np.mean(p <= a) for a in alphas]
+    tail = 100 * (1 - coverage) / 2
+    lo, hi = np.percentile(flagged, [tail, 100 - tail], axis=0)
+    return {str(a): [float(lo[i]), float(hi[i])] for i, a in enumerate(alphas)}

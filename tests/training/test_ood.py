@@ -10,7 +10,7 @@ import pytest
 from service.outliers import METHODS
 from training.data import load_dataset
 from training.ood_eval import DetectorResult, OODReport, evaluate_novelty, evaluate_store, render_markdown
-from training.ood_metrics import detection_metrics
+from training.ood_metrics import detection_metrics, resplit_flag_interval
 from training.ood_sets import ALL_SETS, build_sets
 
 
@@ -40,6 +40,22 @@ def test_detection_metrics() -> None:
     assert same["auroc"] == pytest.approx(0.5)
 
 
+def test_resplit_interval_is_the_sampling_spread_of_an_exact_procedure() -> None:
+    rng = np.random.default_rng(3)
+    cal, test = rng.normal(size=270), rng.normal(size=269)
+    band = resplit_flag_interval(cal, test, draws=1000)
+    lo, hi = band["0.05"]
+    # Binomial-like spread around floor(0.05 * 271) / 271 = 0.048 at these sizes:
+    # sd ~ sqrt(0.05 * 0.95 * (1/270 + 1/269)) ~ 0.019, so the 90 % band is about +-0.03.
+    assert 0.01 <= lo <= 0.035 and 0.065 <= hi <= 0.09
+    assert band["0.01"][0] <= 0.01 <= band["0.01"][1]
+    # Whatever the scores' scale: only ranks matter.
+    assert resplit_flag_interval(np.exp(cal), np.exp(test), draws=1000) == band
+    # With 10x the data the band narrows accordingly.
+    wide = resplit_flag_interval(rng.normal(size=2700), rng.normal(size=2690), draws=300)["0.05"]
+    assert wide[1] - wide[0] < (hi - lo) / 2
+
+
 def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     report = evaluate_store(tiny_store, "digits")
     assert set(report.protocols) == {"transformed", "simpler"}
@@ -60,6 +76,9 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     for c in report.calibration:
         assert c.n == report.calibration[0].n > 200  # the whole test split
         assert 0.0 <= c.flagged["0.01"] <= c.flagged["0.05"] <= 0.2
+        for a in ("0.05", "0.01"):
+            lo, hi = c.resplit_90[a]
+            assert 0.0 <= lo <= float(a) <= hi <= 0.2  # an exact procedure's spread contains alpha
     text = render_markdown(report)
     assert "| **flow/complexity** |" in text
     assert "alpha 0.05" in text
