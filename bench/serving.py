@@ -271,6 +271,7 @@ def single_row(
         entry: dict[str, Any] = {
             "limit_single_p50_ms": 1000 * float(np.percentile(single, 50)),
             "limit_single_p99_ms": 1000 * float(np.percentile(single, 99)),
+            "paired_c1": paired_single(server, limit, name, body, x1i, duration),
             "sweep": {},
         }
         for c in CONCURRENCY:
@@ -285,6 +286,36 @@ def single_row(
             )
         out[name] = entry
     return out
+
+
+def paired_single(
+    server: Server, limit: Limit, name: str, body: bytes, x1i: np.ndarray, duration: float, rounds: int = 5
+) -> dict[str, Any]:
+    """W2's overhead at concurrency 1, paired in time: each round measures the in-process
+    single call and then the served request back to back, and the overhead is the median of
+    the per-round differences. On a shared VM the speed of both drifts by more than the
+    1 ms being measured between measurements minutes apart; within a round it mostly
+    cancels."""
+    per_round = []
+    for _ in range(rounds):
+        single = timed(lambda: limit.score(name, x1i, np.array([3])), duration / 2)
+        g = load(server.port, "/log-likelihood", body, 1, duration / 2)
+        lim50, lim99 = (1000 * float(np.percentile(single, q)) for q in (50, 99))
+        per_round.append(
+            {"limit_p50_ms": lim50, "limit_p99_ms": lim99, "p50_ms": g["p50_ms"], "p99_ms": g["p99_ms"]}
+        )
+    over50 = [r["p50_ms"] - r["limit_p50_ms"] for r in per_round]
+    over99 = [r["p99_ms"] - r["limit_p99_ms"] for r in per_round]
+    res = {
+        "rounds": per_round,
+        "overhead_p50_ms": float(np.median(over50)),
+        "overhead_p99_ms": float(np.median(over99)),
+    }
+    say(
+        f"W2 {name} c=1 paired over {rounds} rounds: p50 +{res['overhead_p50_ms']:.2f} ms "
+        f"(rounds {', '.join(f'{o:+.2f}' for o in over50)}), p99 +{res['overhead_p99_ms']:.2f} ms"
+    )
+    return res
 
 
 def sampling(server: Server, naive: Server, limit: Limit, duration: float) -> dict[str, Any]:
@@ -360,6 +391,21 @@ def render(r: dict[str, Any]) -> str:
                     nlat,
                 ]
                 lines.append(_row([*cells, f"{s['limit_rps']:.0f}", single]))
+        lines += [
+            "",
+            "W2 at concurrency 1, paired rounds (served minus in-process single call, same round)",
+            "",
+        ]
+        lines += [_row(["model", "p50 overhead ms", "p99 overhead ms", "p50 overhead per round ms"])]
+        lines += [_row(["---"] * 4)]
+        for name, e in r["W2"].items():
+            if "paired_c1" not in e:
+                continue
+            pc = e["paired_c1"]
+            rounds = ", ".join(f"{x['p50_ms'] - x['limit_p50_ms']:+.2f}" for x in pc["rounds"])
+            lines.append(
+                _row([name, f"+{pc['overhead_p50_ms']:.2f}", f"+{pc['overhead_p99_ms']:.2f}", rounds])
+            )
         lines.append("")
     if "W3" in r:
         head = [
