@@ -167,7 +167,8 @@ def test_iwae_bound_does_not_decrease_with_k() -> None:
     torch.manual_seed(0)
     means, errs = [], []
     for k in (1, 8, 64):
-        runs = torch.stack([model.log_likelihood(x, y, k).mean() for _ in range(20)])  # [20]
+        with torch.no_grad():
+            runs = torch.stack([model.log_likelihood(x, y, k).mean() for _ in range(20)])  # [20]
         means.append(float(runs.mean()))
         errs.append(float(runs.std() / 20**0.5))
     # The bound is monotone in expectation; allow three Monte Carlo standard errors of slack.
@@ -182,8 +183,9 @@ def test_marginal_likelihood_and_posterior() -> None:
     steps(model, 3)
     x, _ = batch()
     log_prior = torch.log(torch.tensor([0.5, 0.25, 0.25]))
-    marginal, post = model.marginal_log_likelihood(x, log_prior)
-    per_class = torch.stack([model.log_likelihood(x, torch.full((8,), c)) for c in range(3)], 1)
+    with torch.no_grad():
+        marginal, post = model.marginal_log_likelihood(x, log_prior)
+        per_class = torch.stack([model.log_likelihood(x, torch.full((8,), c)) for c in range(3)], 1)
     assert torch.allclose(marginal, torch.logsumexp(per_class + log_prior, 1), atol=1e-5)
     assert torch.allclose(post.sum(1), torch.ones(8), atol=1e-5)
     assert float(marginal.max()) <= 0.0
