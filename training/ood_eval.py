@@ -134,10 +134,14 @@ def _classical_rows(
     return rows
 
 
+# The alphas the calibration check reports (the acceptance points' two).
+CALIBRATION_ALPHAS = (0.05, 0.01)
+
+
 def _calibration_checks(
     name: str, scored: Scored, manifest: Manifest, x: np.ndarray, y: np.ndarray | None
 ) -> list[CalibrationCheck]:
-    checks = []
+    checks: list[CalibrationCheck] = []
     cal = manifest.calibration
     assert cal is not None
     for labels, lab in (("marginal", None), ("given", y if scored.engine.conditional else None)):
@@ -146,32 +150,26 @@ def _calibration_checks(
         table = cal.scores_given_labels if labels == "given" and cal.scores_given_labels else cal.scores
         methods = [m for m in available_methods(cal.background, scored.engine.conditional) if m in table]
         ll = asyncio.run(scored.engine.log_likelihood(x, lab, scored.samples, seed=0))
-        # One pass through the service's scoring gives every method's p-values; each alpha
-        # is a threshold on them (is_outlier = p <= alpha).
+        # One pass through the service's scoring gives every method's scores and p-values;
+        # each alpha is a threshold on the p-values (is_outlier = p <= alpha).
         res = asyncio.run(
             outlier_results(scored.engine, manifest, x, lab, ll, scored.samples, 0.05, None, True)
         )
-        p_values = {
-            m: np.array([next(o for o in r["outliers"] if o["method"] == m)["p_value"] for r in res])
-            for m in methods
-        }
-        flags = {m: {str(a): float(np.mean(p_values[m] <= a)) for a in (0.05, 0.01)} for m in methods}
-        test_scores = {
-            m: np.array([next(o for o in r["outliers"] if o["method"] == m)["score"] for r in res])
-            for m in methods
-        }
-        checks += [
-            CalibrationCheck(
-                model=name,
-                labels=labels,
-                method=m,
-                default=m == cal.default_method,
-                n=len(x),
-                flagged=flags[m],
-                resplit_90=resplit_flag_interval(np.asarray(table[m]), test_scores[m]),
+        for m in methods:
+            blocks = [next(o for o in r["outliers"] if o["method"] == m) for r in res]
+            p_values = np.array([o["p_value"] for o in blocks])
+            test_scores = np.array([o["score"] for o in blocks])
+            checks.append(
+                CalibrationCheck(
+                    model=name,
+                    labels=labels,
+                    method=m,
+                    default=m == cal.default_method,
+                    n=len(x),
+                    flagged={str(a): float(np.mean(p_values <= a)) for a in CALIBRATION_ALPHAS},
+                    resplit_90=resplit_flag_interval(np.asarray(table[m]), test_scores, CALIBRATION_ALPHAS),
+                )
             )
-            for m in methods
-        ]
     return checks
 
 
@@ -371,13 +369,13 @@ def render_markdown(report: OODReport) -> str:
             "re-splits of the same held-out calibration and test scores give (the spread of an "
             "exact procedure at these sample sizes).",
             "",
-            "| model | labels | method | n | alpha 0.05 | alpha 0.01 |",
-            "|---|---|---|---|---|---|",
+            "| model | labels | method | n | " + " | ".join(f"alpha {a}" for a in CALIBRATION_ALPHAS) + " |",
+            "|---|---|---|---|" + "---|" * len(CALIBRATION_ALPHAS),
         ]
         for c in report.calibration:
             m = f"**{c.method}** (default)" if c.default else c.method
             cells = []
-            for a in ("0.05", "0.01"):
+            for a in map(str, CALIBRATION_ALPHAS):
                 band = c.resplit_90.get(a)
                 cells.append(f"{c.flagged[a]:.3f}" + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else ""))
             lines.append(f"| {c.model} | {c.labels} | {m} | {c.n} | {' | '.join(cells)} |")
