@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
@@ -27,7 +29,9 @@ class Metrics:
         )
         self.stage = Histogram(
             "genserve_stage_seconds",
-            "Time per request stage: parse, queue, compute, serialize.",
+            "Time per request stage. Endpoints: parse (body, validation), compute (engine work, "
+            "batcher queue included), serialize (the response body). Graphs (the batcher): "
+            "queue (waiting for a batch) and compute (the batch's runtime call).",
             ["model", "endpoint", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
@@ -55,3 +59,19 @@ class Metrics:
             "Requests in progress (health and metrics excluded).",
             registry=self.registry,
         )
+
+
+class StageTimer:
+    """Times one request's consecutive stages (parse, compute, serialize) into
+    `genserve_stage_seconds`, each stage from the end of the previous one."""
+
+    def __init__(self, metrics: Metrics, endpoint: str) -> None:
+        self._metrics = metrics
+        self._endpoint = endpoint
+        self._last = time.perf_counter()
+
+    def done(self, model: str, stage: str) -> None:
+        """Close `stage` now and start the next one."""
+        now = time.perf_counter()
+        self._metrics.stage.labels(model, self._endpoint, stage).observe(now - self._last)
+        self._last = now

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import secrets
-import time
 from typing import Any
 
 import numpy as np
@@ -15,6 +14,7 @@ from fastapi.responses import Response
 from ..engine import Likelihood, noise_rng
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
 from ..imaging import sample_grid_png
+from ..metrics import StageTimer
 from ..outliers import outlier_results
 from ..registry import LoadedModel, Registry
 from .execution import guarded
@@ -104,6 +104,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 async def sample(request: Request) -> Response:
     """Samples in data units (JSON), as a labelled PNG grid, or as .npy; with the seed used."""
     settings = request.app.state.settings
+    stages = StageTimer(request.app.state.metrics, "sample")
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
@@ -120,13 +121,30 @@ async def sample(request: Request) -> Response:
         # so the samples follow p(x) = Σ_y p(x|y) p(y); the labels used are returned.
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
+    stages.done(model.name, "parse")
     samples = await guarded(request, engine.sample(req.n, labels, rng, temperature), _timeout(request, req))
+    stages.done(model.name, "compute")
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
+    response = _sample_response(model, req.format, samples, labels, seed, temperature)
+    stages.done(model.name, "serialize")
+    return response
+
+
+def _sample_response(
+    model: LoadedModel,
+    fmt: str,
+    samples: np.ndarray,
+    labels: np.ndarray | None,
+    seed: int,
+    temperature: float,
+) -> Response:
+    """Samples as .npy, a labelled PNG grid, or JSON in data units, with the seed in a header."""
+    spec = model.manifest.dataset
     headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
-    if req.format == "npy":
+    if fmt == "npy":
         return Response(_npy_bytes(samples.astype(np.int64)), media_type=NPY, headers=headers)
     names = spec.label_names
-    if req.format == "png":
+    if fmt == "png":
         captions = [names[i] for i in labels] if (labels is not None and names) else None
         return Response(
             sample_grid_png(samples, spec.levels, captions), media_type="image/png", headers=headers
@@ -185,7 +203,7 @@ async def log_likelihood(request: Request) -> Response:
     """Per row: log-likelihood (nats), bits/dim, and an outlier verdict; for a conditional
     model given no labels, the marginal over labels and the posterior p(y|x)."""
     settings = request.app.state.settings
-    started = time.perf_counter()
+    stages = StageTimer(request.app.state.metrics, "log-likelihood")
     req, raw = await _inputs_and_params(request, LogLikelihoodRequest)
     model = _model_for(request, req.model, req.version)
     spec, engine, manifest = model.manifest.dataset, model.engine, model.manifest
@@ -198,9 +216,7 @@ async def log_likelihood(request: Request) -> Response:
         raise InvalidInputError.field(
             ["importance_samples"], f"must be at most {settings.max_importance_samples}"
         )
-    metrics = request.app.state.metrics
-    metrics.stage.labels(model.name, "log-likelihood", "parse").observe(time.perf_counter() - started)
-    computed = time.perf_counter()
+    stages.done(model.name, "parse")
 
     async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
         ll = await engine.log_likelihood(x, labels, samples, req.seed)
@@ -219,8 +235,8 @@ async def log_likelihood(request: Request) -> Response:
         return ll, outliers
 
     ll, outliers = await guarded(request, score(), _timeout(request, req))
-    metrics.stage.labels(model.name, "log-likelihood", "compute").observe(time.perf_counter() - computed)
-    metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
+    stages.done(model.name, "compute")
+    request.app.state.metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
     bpd = engine.bits_per_dim(ll.log_likelihood)
     names = spec.label_names or []
     posterior = ll.posterior
@@ -233,7 +249,7 @@ async def log_likelihood(request: Request) -> Response:
             row["predicted_label"] = names[int(post.argmax())]
         row.update(outliers[i])
         rows.append(row)
-    return _json(
+    response = _json(
         {
             "model": model.name,
             "version": model.version.version,
@@ -245,6 +261,8 @@ async def log_likelihood(request: Request) -> Response:
             "results": rows,
         }
     )
+    stages.done(model.name, "serialize")
+    return response
 
 
 @router.post(
@@ -265,6 +283,7 @@ async def reconstruct(request: Request) -> Response:
     """VAE: decode(encode(x)) and the latent; flow: the latent and its inverse; PixelCNN:
     the pixels where `mask` is 0 sampled given the known ones (seeded)."""
     settings = request.app.state.settings
+    stages = StageTimer(request.app.state.metrics, "reconstruct")
     req, raw = await _inputs_and_params(request, ReconstructRequest)
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
@@ -283,11 +302,13 @@ async def reconstruct(request: Request) -> Response:
             ["inputs"], f"at most {settings.pixelcnn_max_samples} rows for pixelcnn completion"
         )
     seed = req.seed if req.seed is not None else secrets.randbits(63)
+    stages.done(model.name, "parse")
     result = await guarded(
         request, engine.reconstruct(x, labels, mask, noise_rng(seed)), _timeout(request, req)
     )
+    stages.done(model.name, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
-    return _json(
+    response = _json(
         {
             "model": model.name,
             "version": model.version.version,
@@ -297,3 +318,5 @@ async def reconstruct(request: Request) -> Response:
             "outputs": result.arrays,
         }
     )
+    stages.done(model.name, "serialize")
+    return response

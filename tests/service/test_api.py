@@ -90,6 +90,27 @@ def test_metrics_exposes_requests_and_models(client: Client) -> None:
     assert "genserve_request_latency_seconds_bucket" in text
 
 
+def test_metrics_break_each_endpoint_into_stages(client: Client, digits: np.ndarray) -> None:
+    """parse, compute and serialize per endpoint; queue and compute per graph (the batcher)."""
+    client.post("/sample", json={"model": model("vae"), "n": 2, "labels": 1, "format": "png"})
+    client.post("/log-likelihood", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
+    client.post("/reconstruct", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
+    counts = {}
+    for line in client.get("/metrics").text.splitlines():
+        if line.startswith("genserve_stage_seconds_count") and 'model="vae-digits' in line:
+            labels = dict(
+                part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(",")
+            )
+            counts[(labels["endpoint"].strip('"'), labels["stage"].strip('"'))] = float(
+                line.rsplit(" ", 1)[1]
+            )
+    for endpoint in ("sample", "log-likelihood", "reconstruct"):
+        for stage in ("parse", "compute", "serialize"):
+            assert counts.get((endpoint, stage), 0) >= 1, (endpoint, stage, counts)
+    for graph in ("decode", "log_weights", "encode"):
+        assert counts.get((graph, "queue"), 0) >= 1 and counts.get((graph, "compute"), 0) >= 1, graph
+
+
 # --- /sample ---------------------------------------------------------------------------
 
 
