@@ -31,7 +31,8 @@ class Metrics:
             "genserve_stage_seconds",
             "Time per request stage. Endpoints: parse (body, validation), compute (engine work, "
             "batcher queue included), serialize (the response body). Graphs (the batcher): "
-            "queue (waiting for a batch) and compute (the batch's runtime call).",
+            "queue (waiting for a batch) and compute (the batch's runtime call). A request "
+            "that fails part-way records only the stages it finished.",
             ["model", "endpoint", "stage"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,

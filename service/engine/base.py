@@ -64,13 +64,13 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
     return z - np.log(np.exp(z).sum(axis=axis, keepdims=True))
 
 
-# Above this many draws the level-major layout pays for its per-level Python loop.
+# From this many draws on, the level-major layout pays for its per-level Python loop.
 _LEVEL_MAJOR_DRAWS = 256
 
 
 def categorical_from_uniform(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
     """Inverse-CDF draw over the last axis, one uniform per draw (same rule as training):
-    logits [..., K], u [...] in [0, 1) -> int64 [...]."""
+    logits [..., K], u [...] in [0, 1) -> int64 [...], one logits row per draw."""
     K = logits.shape[-1]
     if u.size < _LEVEL_MAJOR_DRAWS:  # PixelCNN steps: a few rows, numpy's call overhead dominates
         cdf = np.cumsum(np.exp(log_softmax(logits)), axis=-1)
