@@ -24,6 +24,7 @@ from .parsing import (
     check_images,
     check_mask,
     check_output_size,
+    params_from_query,
     parse_json,
     resolve_labels,
     validate_model,
@@ -169,15 +170,7 @@ def _sample_response(
 async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.ndarray]:
     """(validated request, raw input array) from a JSON body or an .npy body + query."""
     if _media_type(request) == NPY:
-        params: dict[str, Any] = dict(request.query_params)
-        for key in ("version", "importance_samples", "seed"):
-            if key in params and params[key].lstrip("-").isdigit():
-                params[key] = int(params[key])
-        if "labels" in params:
-            parts = [p.strip() for p in params["labels"].split(",")]
-            items: list[int | str] = [int(p) if p.lstrip("-").isdigit() else p for p in parts]
-            params["labels"] = items if len(items) > 1 else items[0]
-        params["inputs"] = None
+        params = params_from_query(request.query_params)
         req = validate_model(cls, params)
         return req, array_from_npy(await request.body())
     body = await _json_body(request)

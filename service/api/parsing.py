@@ -8,16 +8,26 @@ with the array, not with Python work per element. No error message echoes the in
 from __future__ import annotations
 
 import io
+import math
+import re
+from collections.abc import Mapping
 from typing import Any, TypeVar
 
 import numpy as np
 import orjson
+from numpy.lib import format as npy_format
 from pydantic import BaseModel, ValidationError
 
 from ..errors import FieldError, InvalidInputError, MalformedBodyError, PayloadTooLargeError
 from ..manifest import DatasetSpec
 
 M = TypeVar("M", bound=BaseModel)
+# A class index in a query string: ASCII digits only (str.isdigit also accepts '²'), and
+# few enough that int() never meets its 4300-digit limit; longer ones read as names.
+_INDEX = re.compile(r"-?[0-9]{1,18}")
+_NPY_HEADER_READERS = {(1, 0): npy_format.read_array_header_1_0, (2, 0): npy_format.read_array_header_2_0}
+# Unknown field names are named back to the client, cut to this length.
+_MAX_NAME = 64
 
 
 def parse_json(raw: bytes) -> dict[str, Any]:
@@ -36,9 +46,34 @@ def validate_model(cls: type[M], data: dict[str, Any]) -> M:
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
-        errors = [FieldError(list(e["loc"]), e["msg"]) for e in exc.errors()]
+        errors = [FieldError([_short(p) for p in e["loc"]], e["msg"]) for e in exc.errors()]
         where = ", ".join(".".join(str(p) for p in e.loc) or "body" for e in errors)
         raise InvalidInputError(f"invalid field(s): {where}", errors) from None
+
+
+def _short(part: str | int) -> str | int:
+    return part if isinstance(part, int) or len(part) <= _MAX_NAME else part[:_MAX_NAME] + "…"
+
+
+def params_from_query(query: Mapping[str, str]) -> dict[str, Any]:
+    """The request fields of an .npy-body call, from its query string, ready for pydantic.
+
+    Numbers stay strings for pydantic to coerce, so a bad one is a 422 naming its field.
+    `labels` is one label or a comma-separated list; a part written as a plain integer
+    is a class index, anything else a class name. The arrays travel in the body alone.
+    """
+    for key, where in (("inputs", "the .npy body"), ("mask", "a JSON body (application/json)")):
+        if key in query:
+            raise InvalidInputError.field([key], f"with an application/x-npy body, send {key} in {where}")
+    params: dict[str, Any] = dict(query)
+    if "labels" in params:
+        items: list[int | str] = [
+            int(p) if _INDEX.fullmatch(p) else p
+            for p in (part.strip() for part in params["labels"].split(","))
+        ]
+        params["labels"] = items if len(items) > 1 else items[0]
+    params["inputs"] = None  # checked from the body by array_from_npy
+    return params
 
 
 def array_from_json(value: Any, field: str) -> np.ndarray:
@@ -55,14 +90,37 @@ def array_from_json(value: Any, field: str) -> np.ndarray:
 
 
 def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
-    """An application/x-npy body -> array (never unpickles)."""
+    """An application/x-npy body -> a read-only array over the body's bytes (never unpickles).
+
+    The header is checked before anything is allocated: `np.load` sizes its buffer from
+    the header, so a 200-byte body declaring a terabyte array would make it try to
+    allocate a terabyte. Here the declared size must match the bytes actually sent.
+    """
+    buf = io.BytesIO(raw)
     try:
-        arr = np.load(io.BytesIO(raw), allow_pickle=False)
-    except (ValueError, OSError, EOFError):
+        version = npy_format.read_magic(buf)
+        reader = _NPY_HEADER_READERS.get(version)
+        header = reader(buf) if reader is not None else None
+    except Exception:  # numpy's header parser raises ValueError, EOFError, TokenError, ...
         raise MalformedBodyError("the body is not a valid .npy array") from None
-    if not isinstance(arr, np.ndarray) or arr.dtype.kind not in "biuf":
+    if header is None:  # 3.0 differs only for non-Latin-1 field names, never numeric arrays
+        raise MalformedBodyError(
+            f"the body is not a valid .npy array for this server (format version "
+            f"{version[0]}.{version[1]}; versions 1.0 and 2.0 are read)"
+        )
+    shape, fortran, dtype = header
+    if any(d < 0 for d in shape):
+        raise MalformedBodyError("the .npy header declares a negative dimension")
+    if dtype.kind not in "biuf":
         raise InvalidInputError.field([field], "the .npy array must be numeric")
-    return arr
+    count = math.prod(shape)
+    if len(raw) - buf.tell() != count * dtype.itemsize:
+        raise MalformedBodyError(
+            f"the .npy header declares {count * dtype.itemsize} data bytes "
+            f"but the body carries {len(raw) - buf.tell()}"
+        )
+    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=buf.tell())
+    return arr.reshape(shape, order="F" if fortran else "C")
 
 
 def check_images(arr: np.ndarray, spec: DatasetSpec, field: str, max_rows: int) -> np.ndarray:

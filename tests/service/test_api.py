@@ -21,6 +21,7 @@ from training.data import load_dataset
 
 FAMILIES = ["flow", "vae", "gan", "pixelcnn"]
 LIKELIHOOD = ["flow", "vae", "pixelcnn"]
+NPY = "application/x-npy"
 
 
 @pytest.fixture(scope="module")
@@ -451,6 +452,75 @@ def test_malformed_json_and_content_types(client: Client) -> None:
         ),
         400,
     )
+
+
+def npy_header(descr: str, shape: str) -> bytes:
+    """A version 1.0 .npy header, written by hand so it can lie about the data."""
+    text = f"{{'descr': {descr}, 'fortran_order': False, 'shape': {shape}, }}"
+    text += " " * (-(len(text) + 11) % 64) + "\n"
+    return b"\x93NUMPY\x01\x00" + len(text).to_bytes(2, "little") + text.encode("latin1")
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "says"),
+    [
+        # a 200-byte body declaring 8 TB: np.load would try to allocate it (a 500 before)
+        (npy_header("'<f8'", "(1000000000000,)"), 400, "declares 8000000000000 data bytes"),
+        (npy_header("'|u1'", "(1, 8, 8)") + bytes(60), 400, "but the body carries 60"),
+        (npy_header("'|u1'", "(1, 8, 8)") + bytes(70), 400, "but the body carries 70"),
+        # two negative dimensions multiply to a positive size (reshape raised: a 500)
+        (npy_header("'|u1'", "(-2, -32)") + bytes(64), 400, "negative dimension"),
+        (npy_header("'|O'", "(1, 8, 8)") + bytes(512), 422, "must be numeric"),  # never unpickled
+        (npy_header("'<c8'", "(1, 8, 8)") + bytes(512), 422, "must be numeric"),
+        (b"\x93NUMPY\x09\x00" + bytes(64), 400, "not a valid .npy"),
+    ],
+    ids=["huge", "short", "long", "negative", "object", "complex", "version"],
+)
+def test_npy_header_is_checked_before_allocating(client: Client, body: bytes, status: int, says: str) -> None:
+    r = client.post("/log-likelihood?model=vae-digits", content=body, headers={"content-type": NPY})
+    assert says in assert_problem(r, status)["detail"]
+
+
+def test_npy_reads_every_numeric_layout(client: Client, digits: np.ndarray) -> None:
+    want = client.post_npy("/log-likelihood?model=vae-digits&labels=3", digits.astype(np.uint8)).json()
+    for arr in (
+        digits.astype(">f8"),
+        np.asfortranarray(digits.astype(np.int32)),
+        digits[:, None].astype(np.float16),
+    ):
+        r = client.post_npy("/log-likelihood?model=vae-digits&labels=3", arr)
+        assert r.status_code == 200, r.text
+        assert r.json()["results"] == want["results"]
+
+
+@pytest.mark.parametrize(
+    ("query", "field"),
+    [
+        # int() of these raised ValueError past the query parsing (a 500 before)
+        ("version=--5", "version"),
+        ("seed=%C2%B2", "seed"),  # '²' passes str.isdigit
+        ("importance_samples=1e3", "importance_samples"),
+        ("labels=%C2%B2", "labels"),
+        ("labels=--1", "labels"),
+        ("labels=" + "1" * 5000, "labels"),  # past int()'s digit limit
+        ("alpha=often", "alpha"),
+        ("mask=1", "mask"),  # an .npy body carries the inputs only; a mask was dropped silently
+        ("inputs=1", "inputs"),
+    ],
+)
+def test_npy_query_parameters_are_validated(
+    client: Client, digits: np.ndarray, query: str, field: str
+) -> None:
+    r = client.post_npy(f"/reconstruct?model=pixelcnn-digits&labels=1&{query}", digits.astype(np.uint8))
+    if field == "labels":  # the query's own labels come last and win
+        r = client.post_npy(f"/log-likelihood?model=vae-digits&{query}", digits.astype(np.uint8))
+    assert_problem(r, 422, field)
+
+
+def test_unknown_field_names_are_named_but_cut(client: Client) -> None:
+    problem = assert_problem(client.post("/sample", json={"model": "vae-digits", "x" * 10_000: 1}), 422)
+    assert len(problem["errors"][0]["loc"][0]) < 100
+    assert len(problem["detail"]) < 200
 
 
 def test_body_and_output_size_limits(tiny_store: Path) -> None:
