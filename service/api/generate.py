@@ -170,7 +170,7 @@ def _sample_response(
 async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.ndarray]:
     """(validated request, raw input array) from a JSON body or an .npy body + query."""
     if _media_type(request) == NPY:
-        params = params_from_query(request.query_params)
+        params = params_from_query(request.query_params, cls)
         req = validate_model(cls, params)
         return req, array_from_npy(await request.body())
     body = await _json_body(request)

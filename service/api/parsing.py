@@ -55,7 +55,7 @@ def _short(part: str | int) -> str | int:
     return part if isinstance(part, int) or len(part) <= _MAX_NAME else part[:_MAX_NAME] + "…"
 
 
-def params_from_query(query: Mapping[str, str]) -> dict[str, Any]:
+def params_from_query(query: Mapping[str, str], cls: type[BaseModel]) -> dict[str, Any]:
     """The request fields of an .npy-body call, from its query string, ready for pydantic.
 
     Numbers stay strings for pydantic to coerce, so a bad one is a 422 naming its field.
@@ -63,7 +63,7 @@ def params_from_query(query: Mapping[str, str]) -> dict[str, Any]:
     is a class index, anything else a class name. The arrays travel in the body alone.
     """
     for key, where in (("inputs", "the .npy body"), ("mask", "a JSON body (application/json)")):
-        if key in query:
+        if key in query and key in cls.model_fields:
             raise InvalidInputError.field([key], f"with an application/x-npy body, send {key} in {where}")
     params: dict[str, Any] = dict(query)
     if "labels" in params:

@@ -514,7 +514,14 @@ def test_npy_query_parameters_are_validated(
     r = client.post_npy(f"/reconstruct?model=pixelcnn-digits&labels=1&{query}", digits.astype(np.uint8))
     if field == "labels":  # the query's own labels come last and win
         r = client.post_npy(f"/log-likelihood?model=vae-digits&{query}", digits.astype(np.uint8))
-    assert_problem(r, 422, field)
+    problem = assert_problem(r, 422, field)
+    if field == "mask":
+        assert "JSON body" in problem["detail"]
+
+
+def test_a_mask_is_no_field_of_scoring(client: Client, digits: np.ndarray) -> None:
+    r = client.post_npy("/log-likelihood?model=vae-digits&mask=1", digits.astype(np.uint8))
+    assert "not permitted" in assert_problem(r, 422, "mask")["errors"][0]["msg"]
 
 
 def test_unknown_field_names_are_named_but_cut(client: Client) -> None:
