@@ -57,10 +57,13 @@ FUZZ = settings(
 )
 
 
-@pytest.fixture(scope="module")
-def client(tiny_store: Path) -> Iterator[Client]:
+@pytest.fixture(scope="module", params=["onnxruntime", "torchscript"])
+def client(tiny_store: Path, request: pytest.FixtureRequest) -> Iterator[Client]:
     # Small caps keep the worst accepted request cheap; the rules are the same.
-    c = Client(Settings(model_store=tiny_store, max_rows=64, max_output_values=64 * 64 * 4))
+    settings = Settings(
+        model_store=tiny_store, backend=request.param, max_rows=64, max_output_values=64 * 64 * 4
+    )
+    c = Client(settings)
     yield c
     c.close()
 
