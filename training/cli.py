@@ -386,8 +386,20 @@ def serve(
 
 
 def main() -> None:
-    """Console-script entry point."""
-    app()
+    """Console-script entry point: a user's bad data or settings get one line, not a traceback."""
+    from pydantic import ValidationError
+
+    from .data import DataError
+
+    try:
+        app()
+    except DataError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(2) from None
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        console.print(f"[red]error:[/] invalid settings ({problems})")
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

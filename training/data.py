@@ -21,6 +21,12 @@ IntArray = NDArray[np.int64]
 BUILTIN_DATASETS = ("digits", "mnist5k")
 
 
+# A categorical over the levels is part of every likelihood model: 16-bit data is the limit.
+MAX_LEVELS = 65_536
+# Class-conditional models take a one-hot label: a label of 10^9 is a data error, not a class.
+MAX_CLASSES = 10_000
+
+
 class DataError(ValueError):
     """A dataset (usually a user's .npz) is unusable; the message names the problem."""
 
@@ -136,17 +142,27 @@ def validate_arrays(
         raise DataError(f"x must be shaped [N,H,W] or [N,C,H,W], got {list(x.shape)}")
     if x.shape[0] < 10:
         raise DataError(f"x has {x.shape[0]} examples; at least 10 are needed to split")
+    if 0 in x.shape[1:]:
+        raise DataError(f"x has an empty image axis: shape {list(x.shape)}")
     if x.min() < 0:
         raise DataError(f"x has negative values (min {int(x.min())}); levels start at 0")
     top = int(x.max())
     if levels is None:
         k = max(2, top + 1)
     else:
-        k = int(np.asarray(levels))
+        lv = np.asarray(levels)
+        if lv.ndim != 0 or lv.dtype.kind not in "iuf" or not np.isfinite(lv) or lv != np.floor(lv):
+            raise DataError(f"levels must be one integer, got a {lv.dtype} array of shape {list(lv.shape)}")
+        k = int(lv)
         if k < 2:
             raise DataError(f"levels must be at least 2, got {k}")
         if top >= k:
             raise DataError(f"x has values up to {top}, out of range for levels={k}")
+    if k > MAX_LEVELS:
+        raise DataError(
+            f"{k} levels: at most {MAX_LEVELS} (16-bit images) are supported; every model "
+            "predicts a distribution over the levels"
+        )
 
     labels: IntArray | None = None
     names: list[str] | None = None
@@ -159,6 +175,10 @@ def validate_arrays(
             raise DataError("y has negative labels")
         labels = y.astype(np.int64)
         n_classes = int(labels.max()) + 1
+        if n_classes > MAX_CLASSES:
+            raise DataError(
+                f"y uses labels up to {n_classes - 1}; at most {MAX_CLASSES} classes are supported"
+            )
         if label_names is None:
             names = [str(i) for i in range(n_classes)]
         else:

@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
+from hypothesis import event, given, settings
+from hypothesis import strategies as st
+from hypothesis.extra import numpy as hnp
 
 from training.data import DataError, SplitFractions, load_dataset, load_npz, make_splits
 
@@ -78,6 +82,13 @@ def test_user_npz_round_trip(tmp_path: Path) -> None:
             "without labels",
         ),
         ({"x": np.zeros((3, 4, 4), dtype=np.int64)}, "at least 10"),
+        # found by the property test below: each raised a bare numpy error before
+        ({"x": np.zeros((20, 0, 4), dtype=np.int64)}, "empty image axis"),
+        ({"x": np.zeros((20, 4, 4), dtype=np.int64), "levels": np.array([17, 17])}, "one integer"),
+        ({"x": np.zeros((20, 4, 4), dtype=np.int64), "levels": np.array(2.5)}, "one integer"),
+        # absurd sizes that would have built a model over billions of levels or classes
+        ({"x": np.full((20, 4, 4), 10**9)}, "at most 65536"),
+        ({"x": np.zeros((20, 4, 4), dtype=np.int64), "y": np.full(20, 10**9)}, "at most 10000 classes"),
         ({"y": np.zeros(3, dtype=np.int64)}, "missing required array 'x'"),
         ({"x": np.zeros((20, 4, 4), dtype=np.int64), "extra": np.zeros(1)}, "unexpected keys"),
     ],
@@ -125,3 +136,54 @@ def test_splits_deterministic_disjoint_stratified() -> None:
 def test_split_fractions_must_leave_training_data() -> None:
     with pytest.raises(DataError):
         SplitFractions(validation=0.4, calibration=0.3, test=0.3)
+
+
+# --- any user file: a valid dataset or a DataError, nothing else -------------------------
+
+any_dtype = (
+    hnp.integer_dtypes() | hnp.unsigned_integer_dtypes() | hnp.boolean_dtypes() | hnp.floating_dtypes()
+)
+
+
+def values(shape: Any, low: int = -3, high: int = 300) -> st.SearchStrategy[np.ndarray]:
+    """Small integers of any dtype (cast: narrow types wrap, floats stay integral or not)."""
+    ints = hnp.arrays(np.int64, shape, elements=st.integers(low, high))
+    return st.tuples(ints, any_dtype).map(lambda a: a[0].astype(a[1]))
+
+
+@st.composite
+def user_files(draw: st.DrawFn) -> dict[str, np.ndarray]:
+    shapes = hnp.array_shapes(min_dims=0, max_dims=5, min_side=0, max_side=12)
+    images = st.tuples(st.integers(9, 14), st.integers(1, 3), st.integers(1, 5), st.integers(1, 5))
+    x = draw(values(shapes) | values(images, 0, 20) | values(images.map(lambda s: (s[0], *s[2:])), 0, 20))
+    arrays = {"x": x}
+    if draw(st.booleans()):
+        n = x.shape[0] if x.ndim and draw(st.booleans()) else draw(st.integers(0, 12))
+        arrays["y"] = draw(values((n,), -1, 12))
+    if draw(st.booleans()):
+        arrays["label_names"] = np.array(draw(st.lists(st.text(max_size=3), max_size=14)), dtype=str)
+    if draw(st.booleans()):
+        arrays["levels"] = draw(values(st.sampled_from([(), (2,)])))
+    return arrays
+
+
+@settings(max_examples=300, derandomize=True, database=None, deadline=None)
+@given(arrays=user_files())
+def test_any_user_file_loads_or_names_the_problem(
+    tmp_path_factory: pytest.TempPathFactory, arrays: dict[str, np.ndarray]
+) -> None:
+    path = tmp_path_factory.mktemp("npz") / "user.npz"
+    np.savez(path, **arrays)
+    try:
+        data = load_npz(path)
+    except DataError:
+        event("refused")
+        return
+    event("accepted")
+    # accepted: the data contract holds
+    assert data.x.dtype == np.int64 and data.x.ndim == 4
+    assert data.x.shape[1:] == data.spec.shape
+    assert data.x.min() >= 0 and data.x.max() < data.spec.levels
+    if data.y is not None:
+        assert data.y.dtype == np.int64 and data.y.shape == (len(data.x),)
+        assert data.spec.label_names is not None and data.y.max() < len(data.spec.label_names)
