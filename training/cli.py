@@ -386,19 +386,14 @@ def serve(
 
 
 def main() -> None:
-    """Console-script entry point: a user's bad data or settings get one line, not a traceback."""
-    from pydantic import ValidationError
-
+    """Console-script entry point: a user's bad data or override gets one line, not a traceback."""
     from .data import DataError
+    from .train import SettingsError
 
     try:
         app()
-    except DataError as exc:
+    except (DataError, SettingsError) as exc:
         console.print(f"[red]error:[/] {exc}")
-        raise SystemExit(2) from None
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        console.print(f"[red]error:[/] invalid settings ({problems})")
         raise SystemExit(2) from None
 
 

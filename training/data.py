@@ -185,6 +185,10 @@ def validate_arrays(
             if label_names.ndim != 1 or label_names.dtype.kind not in "US":
                 raise DataError("label_names must be a 1-D array of strings")
             names = [str(s) for s in label_names.tolist()]
+            if len(names) > MAX_CLASSES:
+                raise DataError(
+                    f"label_names has {len(names)} names; at most {MAX_CLASSES} classes are supported"
+                )
             if len(names) < n_classes:
                 raise DataError(f"label_names has {len(names)} names but y uses labels up to {n_classes - 1}")
             if len(set(names)) != len(names):

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
@@ -28,6 +28,17 @@ from .families.augment import dihedral, draw_transforms
 from .runtime import configure_threads, pick_device, seed_everything
 
 Validator = Callable[[GenerativeModel], float]
+
+
+class SettingsError(ValueError):
+    """An architecture (`--set`) or optimiser (`--train-set`) override the config refuses."""
+
+    @classmethod
+    def of(cls, exc: ValidationError, most: int = 5) -> SettingsError:
+        """The first few problems, each as `field: message`."""
+        problems = [f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        more = f" (and {len(problems) - most} more)" if len(problems) > most else ""
+        return cls("invalid override: " + "; ".join(problems[:most]) + more)
 
 
 class TrainConfig(BaseModel):
@@ -284,8 +295,11 @@ def train_run(
     data = load_dataset(dataset)
     fractions = fractions or SplitFractions()
     splits = make_splits(data.y, len(data), seed=seed, fractions=fractions)
-    config = default_config(family, data.spec, **(config_overrides or {}))
-    tcfg = default_train_config(family, data.spec, **(train_overrides or {}))
+    try:
+        config = default_config(family, data.spec, **(config_overrides or {}))
+        tcfg = default_train_config(family, data.spec, **(train_overrides or {}))
+    except ValidationError as exc:
+        raise SettingsError.of(exc) from None
 
     run_seed = seed if init_seed is None else init_seed
     seed_everything(run_seed)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import sys
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -109,18 +110,21 @@ def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
             f"{version[0]}.{version[1]}; versions 1.0 and 2.0 are read)"
         )
     shape, fortran, dtype = header
-    if any(d < 0 for d in shape):
-        raise MalformedBodyError("the .npy header declares a negative dimension")
+    # numpy's reader checks only that each dimension is an int: True, negative numbers and
+    # thousand-digit numbers all pass it.
+    if not all(type(d) is int and 0 <= d <= sys.maxsize for d in shape):
+        raise MalformedBodyError("the .npy header declares an invalid shape")
     if dtype.kind not in "biuf":
         raise InvalidInputError.field([field], "the .npy array must be numeric")
-    count = math.prod(shape)
-    if len(raw) - buf.tell() != count * dtype.itemsize:
-        raise MalformedBodyError(
-            f"the .npy header declares {count * dtype.itemsize} data bytes "
-            f"but the body carries {len(raw) - buf.tell()}"
+    count, sent = math.prod(shape), len(raw) - buf.tell()
+    if count * dtype.itemsize != sent:
+        raise MalformedBodyError(f"the .npy header's shape and dtype do not match the {sent} data bytes sent")
+    try:
+        return np.frombuffer(raw, dtype=dtype, count=count, offset=buf.tell()).reshape(
+            shape, order="F" if fortran else "C"
         )
-    arr = np.frombuffer(raw, dtype=dtype, count=count, offset=buf.tell())
-    return arr.reshape(shape, order="F" if fortran else "C")
+    except (TypeError, ValueError):  # a shape numpy cannot represent, e.g. a 0 beside a huge side
+        raise MalformedBodyError("the .npy header declares an invalid shape") from None
 
 
 def check_images(arr: np.ndarray, spec: DatasetSpec, field: str, max_rows: int) -> np.ndarray:

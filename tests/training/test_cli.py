@@ -25,7 +25,10 @@ def genserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
     ("args", "says"),
     [
         (("--dataset", "{bad}"), "levels must be one integer"),
-        (("--dataset", "digits", "--set", "latnt=3"), "latnt: Extra inputs are not permitted"),
+        (
+            ("--dataset", "digits", "--set", "latnt=3"),
+            "invalid override: latnt: Extra inputs are not permitted",
+        ),
     ],
 )
 def test_bad_data_and_settings_get_one_line_not_a_traceback(

@@ -89,6 +89,14 @@ def test_user_npz_round_trip(tmp_path: Path) -> None:
         # absurd sizes that would have built a model over billions of levels or classes
         ({"x": np.full((20, 4, 4), 10**9)}, "at most 65536"),
         ({"x": np.zeros((20, 4, 4), dtype=np.int64), "y": np.full(20, 10**9)}, "at most 10000 classes"),
+        (
+            {
+                "x": np.zeros((20, 4, 4), dtype=np.int64),
+                "y": np.zeros(20, dtype=np.int64),
+                "label_names": np.arange(20_000).astype(str),
+            },
+            "at most 10000 classes",
+        ),
         ({"y": np.zeros(3, dtype=np.int64)}, "missing required array 'x'"),
         ({"x": np.zeros((20, 4, 4), dtype=np.int64), "extra": np.zeros(1)}, "unexpected keys"),
     ],
