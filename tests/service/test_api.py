@@ -515,9 +515,13 @@ def test_npy_reads_every_numeric_layout(client: Client, digits: np.ndarray) -> N
 def test_npy_query_parameters_are_validated(
     client: Client, digits: np.ndarray, query: str, field: str
 ) -> None:
-    r = client.post_npy(f"/reconstruct?model=pixelcnn-digits&labels=1&{query}", digits.astype(np.uint8))
-    if field == "labels":  # the query's own labels come last and win
-        r = client.post_npy(f"/log-likelihood?model=vae-digits&{query}", digits.astype(np.uint8))
+    # a completion takes every field; the labels cases carry only their own labels
+    path = (
+        "/log-likelihood?model=vae-digits"
+        if field == "labels"
+        else "/reconstruct?model=pixelcnn-digits&labels=1"
+    )
+    r = client.post_npy(f"{path}&{query}", digits.astype(np.uint8))
     problem = assert_problem(r, 422, field)
     if field == "mask":
         assert "JSON body" in problem["detail"]
