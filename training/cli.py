@@ -288,12 +288,26 @@ def store_verify(
     store: StoreOption = None,
 ) -> None:
     """Check every file's sha256, the manifest schema and the allowlist; exit 1 on any problem."""
-    from service.store import ModelStore, StoreError
+    from service.store import ModelNotFoundError, ModelStore, StoreError
 
     ms = ModelStore(_store_root(store))
+    models = [name] if name else ms.names()
+    if not models:
+        # An empty or missing store is a problem here: the image build runs
+        # `build-store && store verify` and must not ship a store with nothing in it.
+        console.print(f"[red]FAIL[/] {ms.root}: no models in the store")
+        raise typer.Exit(1)
     bad = 0
-    for model in [name] if name else ms.names():
-        for v in ms.versions(model):
+    for model in models:
+        try:
+            versions = ms.versions(model)  # refuses names that are not plain store entries
+            if not versions:
+                raise ModelNotFoundError(f"no model named {model!r} in {ms.root}")
+        except StoreError as exc:
+            bad += 1
+            console.print(f"[red]FAIL[/] {model}: {exc}")
+            continue
+        for v in versions:
             try:
                 ms.verify(model, v)
                 console.print(f"[green]ok[/]   {model}/{v}")
@@ -387,6 +401,8 @@ def serve(
 
 def main() -> None:
     """Console-script entry point: a user's bad data or override gets one line, not a traceback."""
+    from service.store import StoreError
+
     from .data import DataError
     from .train import SettingsError
 
@@ -395,6 +411,9 @@ def main() -> None:
     except (DataError, SettingsError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
+    except StoreError as exc:  # an unknown model or version, a damaged manifest
+        console.print(f"[red]error:[/] {exc}")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,4 @@
-"""The command line's answer to a user's mistakes: one line naming the problem, exit 2."""
+"""The command line's answer to a user's mistakes: one line naming the problem, a non-zero exit."""
 
 from __future__ import annotations
 
@@ -40,5 +40,40 @@ def test_bad_data_and_settings_get_one_line_not_a_traceback(
     r = genserve("train", "--family", "vae", *argv, "--out", str(tmp_path / "ck"), cwd=tmp_path)
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
+    assert "error:" in out and says in out, out
+    assert "Traceback" not in out and "╭" not in out, out
+
+
+def test_store_verify_passes_a_good_store_and_fails_what_is_not_there(
+    tiny_store: Path, tmp_path: Path
+) -> None:
+    ok = genserve("store", "verify", "--store", str(tiny_store), cwd=tmp_path)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "ok   flow-digits/1" in ok.stdout and "FAIL" not in ok.stdout
+
+    # An empty store must not pass: the image build runs `build-store && store verify`.
+    for args, says in [
+        (("store", "verify", "--store", str(tmp_path / "empty")), "no models in the store"),
+        (("store", "verify", "nope", "--store", str(tiny_store)), "no model named 'nope'"),
+        (("store", "verify", "../x", "--store", str(tiny_store)), "invalid model name"),
+    ]:
+        r = genserve(*args, cwd=tmp_path)
+        assert r.returncode == 1, r.stdout + r.stderr
+        assert "FAIL" in r.stdout and says in r.stdout, r.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (("nope",), "no model named 'nope'"),
+        (("flow-digits", "--version", "99"), "has no version 99"),
+    ],
+)
+def test_store_show_of_a_missing_model_is_one_line(
+    tiny_store: Path, tmp_path: Path, args: tuple[str, ...], says: str
+) -> None:
+    r = genserve("store", "show", *args, "--store", str(tiny_store), cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 1, out
     assert "error:" in out and says in out, out
     assert "Traceback" not in out and "╭" not in out, out
