@@ -103,6 +103,18 @@ class OverloadedError(GenserveError):
         self.retry_after = retry_after
 
 
+class ShuttingDownError(GenserveError):
+    """The grace period ran out before the request finished; its work was stopped."""
+
+    status = 503
+    type = "shutting-down"
+    title = "Server shutting down"
+
+    def __init__(self, detail: str, retry_after: float = 2.0) -> None:
+        super().__init__(detail)
+        self.retry_after = retry_after
+
+
 class DeadlineExceededError(GenserveError):
     """The request's deadline passed before it finished."""
 

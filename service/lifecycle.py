@@ -19,9 +19,9 @@ import contextlib
 import logging
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import FrameType
-from typing import Literal
+from typing import Any, Literal
 
 import uvicorn
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -41,6 +41,7 @@ ALWAYS_ANSWERED = frozenset({"/health/live", "/health/ready", "/metrics"})
 # see what did load.
 MODEL_WORK = frozenset({"/sample", "/log-likelihood", "/reconstruct"})
 DRAIN_RETRY_AFTER_S = 2
+ABANDON_ANSWER_S = 1.0  # after the grace period, how long stopped requests get to answer
 
 
 @dataclass
@@ -51,6 +52,11 @@ class Lifecycle:
     inflight: int = 0
     drain_started: float | None = None
     reason: str = ""
+    # Model work in progress (each request's engine call), so that the end of the grace
+    # period can stop it and answer 503 instead of leaving uvicorn to cancel the requests,
+    # which it answers with a bare 500.
+    work: set[asyncio.Future[Any]] = field(default_factory=set)
+    abandoning: bool = False
 
     @property
     def accepting(self) -> bool:
@@ -65,6 +71,14 @@ class Lifecycle:
         self.drain_started = time.monotonic()
         self.reason = "shutting down: finishing the requests in progress"
         self.state = "draining"
+
+    def abandon(self) -> int:
+        """The grace period is over: stop the model work still running (each request then
+        answers 503 with Retry-After). Returns how many were stopped."""
+        self.abandoning = True
+        for w in self.work:
+            w.cancel()
+        return len(self.work)
 
 
 class LifecycleMiddleware:
@@ -165,12 +179,15 @@ class GracefulServer(uvicorn.Server):
         if lc.inflight == 0:
             log.info("drained in %.1fs; shutting down", time.monotonic() - lc.drain_started)
             return True
-        if time.monotonic() - lc.drain_started >= self.grace_period:
+        overdue = time.monotonic() - lc.drain_started - self.grace_period
+        if overdue >= 0 and not lc.abandoning:
             self.abandoned = lc.inflight
             log.warning(
                 "grace period of %gs is over with %d request(s) still running; cancelling them",
                 self.grace_period,
                 lc.inflight,
             )
-            return True
-        return False
+            lc.abandon()
+        # The stopped requests answer 503 within a few loop turns; a request the app cannot
+        # stop (still reading a slow upload) is left to uvicorn's bounded close.
+        return overdue >= ABANDON_ANSWER_S

@@ -9,7 +9,7 @@ from typing import Any, TypeVar
 
 from fastapi import Request
 
-from ..errors import DeadlineExceededError, GenserveError
+from ..errors import DeadlineExceededError, GenserveError, ShuttingDownError
 
 T = TypeVar("T")
 
@@ -44,11 +44,20 @@ async def guarded(request: Request, work: Coroutine[Any, Any, T], timeout: float
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request, poll))
+    lifecycle = getattr(request.app.state, "lifecycle", None)
+    if lifecycle is not None:
+        lifecycle.work.add(task)  # the end of a drain's grace period may stop it
     try:
         done, _ = await asyncio.wait({task, watcher}, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
     finally:
         watcher.cancel()
+        if lifecycle is not None:
+            lifecycle.work.discard(task)
     if task in done:
+        if task.cancelled() and lifecycle is not None and lifecycle.abandoning:
+            raise ShuttingDownError(
+                "the server shut down before the answer was ready; retry on another replica"
+            )
         return task.result()
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError, Exception):

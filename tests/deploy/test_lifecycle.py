@@ -99,7 +99,8 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(draining_server: Serv
 
 
 def test_grace_period_bounds_the_drain(tiny_store: Path, tmp_path: Path) -> None:
-    """A request that outlives the grace period is cancelled; the process still exits 0."""
+    """A request that outlives the grace period is stopped and answered 503 with Retry-After
+    (not uvicorn's bare 500 for a cancelled request); the process still exits 0."""
     server = Server(
         tiny_store,
         tmp_path / "server.log",
@@ -116,7 +117,7 @@ def test_grace_period_bounds_the_drain(tiny_store: Path, tmp_path: Path) -> None
         def doomed() -> None:
             body = {"model": "pixelcnn-digits", "n": 1, "labels": 1}
             try:
-                outcome.append(httpx.post(f"{server.url}/sample", json=body, timeout=30).status_code)
+                outcome.append(httpx.post(f"{server.url}/sample", json=body, timeout=30))
             except httpx.TransportError as exc:
                 outcome.append(exc)
 
@@ -130,8 +131,15 @@ def test_grace_period_bounds_the_drain(tiny_store: Path, tmp_path: Path) -> None
         # grace (1 s) + uvicorn's bounded close (3 s) + unloading
         assert time.monotonic() - signalled < 8
         t.join(timeout=30)
-        assert outcome and not (isinstance(outcome[0], int) and outcome[0] == 200)
-        assert "grace period of 1s is over with 1 request(s) still running" in server.log()
+        assert outcome and isinstance(outcome[0], httpx.Response), outcome
+        r = outcome[0]
+        assert r.status_code == 503, r.text
+        assert r.headers["content-type"] == "application/problem+json"
+        assert r.json()["type"] == "urn:genserve:problem:shutting-down"
+        assert r.headers["retry-after"] == "2"
+        log = server.log()
+        assert "grace period of 1s is over with 1 request(s) still running" in log
+        assert "Exception in ASGI application" not in log and "Traceback" not in log, log
     finally:
         server.kill()
 
