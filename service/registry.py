@@ -11,7 +11,7 @@ import numpy as np
 from .batching import Batcher, BatchLimits
 from .config import Settings
 from .engine import Engine, build_engine
-from .errors import ModelNotFoundError, NotReadyError
+from .errors import FieldError, ModelNotFoundError, NotReadyError
 from .manifest import Manifest
 from .metrics import Metrics
 from .resources import thread_layout
@@ -141,11 +141,11 @@ class Registry:
             raise NotReadyError("that model failed verification or loading here; see /health/ready")
         if model is None:
             loaded = ", ".join(sorted(self.models)) or "none"
-            raise ModelNotFoundError(f"no loaded model named that (loaded: {loaded})")
+            msg = f"no loaded model named that (loaded: {loaded})"
+            raise ModelNotFoundError(msg, [FieldError(["model"], msg)])
         if version is not None and version != model.version.version:
-            raise ModelNotFoundError(
-                f"version {version} of {name} is not loaded (loaded: {model.version.version})"
-            )
+            msg = f"version {version} of {name} is not loaded (loaded: {model.version.version})"
+            raise ModelNotFoundError(msg, [FieldError(["version"], msg)])
         return model
 
     def close(self) -> None:

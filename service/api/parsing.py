@@ -130,11 +130,12 @@ def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
 def check_images(arr: np.ndarray, spec: DatasetSpec, field: str, max_rows: int) -> np.ndarray:
     """Shape, finiteness, integrality and range of images; returns int64 [N, C, H, W]."""
     C, H, W = spec.shape
+    sent = list(arr.shape)  # reported as sent, before the channel axis is added
     if arr.ndim == 3 and C == 1:
         arr = arr[:, None]
     expected = f"[N, {C}, {H}, {W}]" + (f" or [N, {H}, {W}]" if C == 1 else "")
     if arr.ndim != 4 or tuple(arr.shape[1:]) != (C, H, W):
-        raise InvalidInputError.field([field], f"expected shape {expected}, got {list(arr.shape)}")
+        raise InvalidInputError.field([field], f"expected shape {expected}, got {sent}")
     if arr.shape[0] == 0:
         raise InvalidInputError.field([field], "needs at least one row")
     if arr.shape[0] > max_rows:

@@ -333,8 +333,8 @@ def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarr
 @pytest.mark.parametrize(
     ("endpoint", "body", "status", "field"),
     [
-        ("/sample", {"model": "nope", "n": 1}, 404, None),
-        ("/sample", {"model": "vae-digits", "version": 9, "n": 1}, 404, None),
+        ("/sample", {"model": "nope", "n": 1}, 404, "model"),
+        ("/sample", {"model": "vae-digits", "version": 9, "n": 1}, 404, "version"),
         ("/sample", {"model": "vae-digits", "n": 0}, 422, "n"),
         ("/sample", {"model": "vae-digits", "n": 100000}, 422, "n"),
         ("/sample", {"model": "vae-digits", "n": 2, "labels": 10}, 422, "labels"),
@@ -398,6 +398,13 @@ def test_validation_rules(
 ) -> None:
     problem = assert_problem(client.post(endpoint, json=body), status, field)
     assert "zeros" not in problem["detail"]  # never echoes the input
+
+
+def test_a_wrong_shape_is_reported_as_sent(client: Client) -> None:
+    # A 3-D array gets a channel axis before the check; the message must not show that one.
+    body = {"model": "vae-digits", "inputs": [[[1, 2]]]}
+    problem = assert_problem(client.post("/log-likelihood", json=body), 422, "inputs")
+    assert "got [1, 1, 2]" in problem["detail"], problem
 
 
 def test_nan_and_infinity_are_refused(client: Client) -> None:
