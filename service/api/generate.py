@@ -10,6 +10,7 @@ import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from fastapi.responses import Response
+from pydantic import BaseModel
 
 from ..engine import Likelihood, noise_rng
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
@@ -45,6 +46,30 @@ PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
     for code in (400, 404, 413, 415, 422, 503, 504)
 }
+
+
+def npy_query_parameters(cls: type[BaseModel]) -> list[dict[str, Any]]:
+    """OpenAPI query parameters of an `application/x-npy` call: the JSON body's fields but
+    the arrays, which travel in the body (see `params_from_query`)."""
+    schema = cls.model_json_schema()
+    out = []
+    for name, prop in schema["properties"].items():
+        if name in ("inputs", "mask"):
+            continue
+        branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
+        if name == "labels" or len(branches) != 1:
+            typed: dict[str, Any] = {"type": "string"}
+            note = " One label for all rows or a comma-separated list, each an index or a class name."
+        else:
+            typed = {k: v for k, v in branches[0].items() if k not in ("title", "description")}
+            note = ""
+        if prop.get("default") is not None:
+            typed["default"] = prop["default"]
+        # Never `required` here: a JSON call sends every field in its body instead.
+        need = "Required" if name in schema.get("required", []) else "Optional"
+        text = " ".join(filter(None, [f"{need} with an {NPY} body.", prop.get("description"), note.strip()]))
+        out.append({"name": name, "in": "query", "required": False, "description": text, "schema": typed})
+    return out
 
 
 def _registry(request: Request) -> Registry:
@@ -189,7 +214,8 @@ async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.
                 NPY: {"schema": {"type": "string", "format": "binary"}},
             },
             "required": True,
-        }
+        },
+        "parameters": npy_query_parameters(LogLikelihoodRequest),
     },
 )
 async def log_likelihood(request: Request) -> Response:
@@ -269,7 +295,8 @@ async def log_likelihood(request: Request) -> Response:
                 NPY: {"schema": {"type": "string", "format": "binary"}},
             },
             "required": True,
-        }
+        },
+        "parameters": npy_query_parameters(ReconstructRequest),
     },
 )
 async def reconstruct(request: Request) -> Response:

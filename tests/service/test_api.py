@@ -534,6 +534,31 @@ def test_npy_query_parameters_are_validated(
         assert "JSON body" in problem["detail"]
 
 
+def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
+    client: Client, digits: np.ndarray
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    documented = {
+        path: {q["name"] for q in paths[path]["post"]["parameters"] if q["in"] == "query"}
+        for path in ("/log-likelihood", "/reconstruct")
+    }
+    assert documented["/log-likelihood"] == {
+        "model", "version", "timeout", "labels", "importance_samples", "seed", "alpha",
+        "outlier_method", "all_outlier_methods", "fdr",
+    }  # fmt: skip
+    assert documented["/reconstruct"] == {"model", "version", "timeout", "labels", "seed"}
+    version = client.get("/models/vae-digits").json()["version"]
+    every = {
+        "model": "vae-digits", "version": version, "timeout": 30, "labels": "1", "importance_samples": 4,
+        "seed": 1, "alpha": 0.1, "outlier_method": "nll", "all_outlier_methods": "true", "fdr": 0.1,
+    }  # fmt: skip
+    assert set(every) == documented["/log-likelihood"]
+    query = "&".join(f"{k}={v}" for k, v in every.items())
+    r = client.post_npy(f"/log-likelihood?{query}", digits[:2].astype(np.uint8))
+    assert r.status_code == 200, r.text
+    assert r.json()["results"][0]["outliers"]
+
+
 def test_a_mask_is_no_field_of_scoring(client: Client, digits: np.ndarray) -> None:
     r = client.post_npy("/log-likelihood?model=vae-digits&mask=1", digits.astype(np.uint8))
     assert "not permitted" in assert_problem(r, 422, "mask")["errors"][0]["msg"]
