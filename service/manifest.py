@@ -198,6 +198,10 @@ class TrainingRecord(StrictModel):
     checkpoint_key: str
 
 
+# family_info entries the service's engines need: sizes that must be positive integers.
+FAMILY_INFO_SIZES: dict[str, tuple[str, ...]] = {"vae": ("latent_dim",), "gan": ("latent_dim",)}
+
+
 class Manifest(StrictModel):
     """manifest.json of one model version: everything needed to serve it with no model code."""
 
@@ -235,6 +239,14 @@ class Manifest(StrictModel):
                     raise ValueError(f"graph {g.name} ({fmt}) names unlisted file {path!r}")
         if self.conditioning.conditional and not self.dataset.label_names:
             raise ValueError("a conditional model needs label names in its dataset spec")
+        # The engines read these at request time: checked here, a bad value fails the
+        # version at load instead of answering 500s from a server that says it is ready.
+        checks = [(key, 1) for key in FAMILY_INFO_SIZES.get(self.family, ())]
+        checks.append(("default_samples", 0))  # optional: absent means the family has none
+        for key, least in checks:
+            value = self.family_info.get(key, 0 if key == "default_samples" else None)
+            if type(value) is not int or value < least:
+                raise ValueError(f"family_info.{key} must be an integer >= {least} for a {self.family} model")
         return self
 
     @property

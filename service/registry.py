@@ -74,8 +74,12 @@ class Registry:
         configuration error the operator must see at start-up.
         """
         store = ModelStore(self.settings.model_store)
-        names = self.settings.models or store.names()
-        if not names:
+        try:
+            names = self.settings.models or store.names()
+        except StoreError as exc:  # e.g. a store folder the server may not read
+            names, self.failures["store"] = [], str(exc)
+            log.error("model store not loaded: %s", exc)
+        if not names and "store" not in self.failures:
             self.failures["store"] = f"no models in {self.settings.model_store}"
         threads, lanes = thread_layout(self.settings.threads, self.settings.lanes)
         for name in names:

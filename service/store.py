@@ -34,6 +34,8 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(?:\.[a-z0-9_-]+)*$")
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 STAGING_PREFIX = ".staging-"
+# Version folders are written by `Staging.commit` as str(int): "08" or "+8" are not versions.
+VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
 
 
 class StoreError(Exception):
@@ -75,6 +77,13 @@ def sha256_file(path: Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _reason(exc: OSError | UnicodeDecodeError) -> str:
+    """What went wrong reading a file, with its name but not the whole path."""
+    if isinstance(exc, OSError) and exc.strerror:
+        return f"{Path(exc.filename).name}: {exc.strerror}" if exc.filename else exc.strerror
+    return str(exc)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -141,26 +150,39 @@ class ModelStore:
 
     # --- listing ---------------------------------------------------------------------------
     def names(self) -> list[str]:
-        """Model names with at least one complete version."""
-        if not self.root.is_dir():
-            return []
+        """Model names with at least one version folder."""
+        try:
+            if not self.root.is_dir():
+                return []
+            children = sorted(self.root.iterdir())
+        except OSError as exc:
+            raise StoreError(f"cannot read the store at {self.root} ({exc.strerror})") from None
         out = []
-        for child in sorted(self.root.iterdir()):
-            plain = child.is_dir() and not child.is_symlink() and NAME_PATTERN.fullmatch(child.name)
+        for child in children:
+            plain = not child.is_symlink() and NAME_PATTERN.fullmatch(child.name) and child.is_dir()
             if plain and self.versions(child.name):
                 out.append(child.name)
         return out
 
     def versions(self, name: str) -> list[int]:
-        """Complete versions of `name`, ascending (staging folders are never listed)."""
+        """Published versions of `name`, ascending (staging folders are never listed).
+
+        A numbered folder without a manifest is listed too: publishing renames a complete
+        folder into place, so such a folder is damage, and it must fail verification
+        rather than be skipped, which would silently serve an older version instead.
+        """
         folder = self._model_dir(name)
-        if not folder.is_dir():
-            return []
-        found = []
-        for child in folder.iterdir():
-            complete = child.name.isdigit() and child.is_dir() and not child.is_symlink()
-            if complete and (child / MANIFEST).is_file():
-                found.append(int(child.name))
+        try:
+            if not folder.is_dir():
+                return []
+            children = list(folder.iterdir())
+        except OSError as exc:
+            raise StoreError(f"cannot read {folder} ({exc.strerror})") from None
+        found = [
+            int(c.name)
+            for c in children
+            if VERSION_PATTERN.fullmatch(c.name) and not c.is_symlink() and c.is_dir()
+        ]
         return sorted(found)
 
     def latest(self, name: str) -> int:
@@ -175,10 +197,15 @@ class ModelStore:
         """Open `name` at `version` (default: latest), verifying every hash unless told not to."""
         if version is None:
             version = self.latest(name)
-        path = self._version_dir(name, version)
-        if not (path / MANIFEST).is_file():
-            raise ModelNotFoundError(f"model {name!r} has no version {version}")
-        return self.verify_folder(path, name, version) if verify else self._read(path, name, version)
+        try:
+            path = self._version_dir(name, version)
+            if not path.is_dir():
+                raise ModelNotFoundError(f"model {name!r} has no version {version}")
+            if not (path / MANIFEST).is_file():
+                raise IntegrityError(f"{name}/{version}", [f"{MANIFEST} missing"])
+            return self.verify_folder(path, name, version) if verify else self._read(path, name, version)
+        except OSError as exc:  # a folder or file the server may not read
+            raise IntegrityError(f"{name}/{version}", [f"unreadable ({_reason(exc)})"]) from None
 
     def _read(self, path: Path, name: str, version: int) -> ModelVersion:
         where = f"{name}/{version}"
@@ -201,14 +228,18 @@ class ModelStore:
         digest_file = path / MANIFEST_DIGEST
         try:
             expected = digest_file.read_text().strip()
-        except OSError:
-            raise IntegrityError(where, [f"{MANIFEST_DIGEST} missing"]) from None
-        if sha256_file(path / MANIFEST) != expected:
+            actual = sha256_file(path / MANIFEST)
+            children = sorted(path.iterdir())
+        except FileNotFoundError as exc:
+            raise IntegrityError(where, [f"{Path(exc.filename or '').name} missing"]) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise IntegrityError(where, [f"unreadable: {_reason(exc)}"]) from None
+        if actual != expected:
             raise IntegrityError(where, ["manifest.json does not match manifest.sha256"])
         mv = self._read(path, name, version)
         listed = {f.path: f for f in mv.manifest.files}
         problems: list[str] = []
-        for child in sorted(path.iterdir()):
+        for child in children:
             if child.name in (MANIFEST, MANIFEST_DIGEST):
                 continue
             if child.is_symlink():
@@ -220,7 +251,10 @@ class ModelStore:
             elif child.name not in listed:
                 problems.append(f"{child.name}: not listed in the manifest")
         for entry in listed.values():
-            problems.extend(self._check_entry(path, entry))
+            try:
+                problems.extend(self._check_entry(path, entry))
+            except OSError as exc:
+                problems.append(f"{entry.path}: unreadable ({_reason(exc)})")
         if problems:
             raise IntegrityError(where, problems)
         return mv

@@ -288,7 +288,7 @@ def store_verify(
     store: StoreOption = None,
 ) -> None:
     """Check every file's sha256, the manifest schema and the allowlist; exit 1 on any problem."""
-    from service.store import ModelNotFoundError, ModelStore, StoreError
+    from service.store import IntegrityError, ModelNotFoundError, ModelStore, StoreError
 
     ms = ModelStore(_store_root(store))
     models = [name] if name else ms.names()
@@ -313,7 +313,9 @@ def store_verify(
                 console.print(f"[green]ok[/]   {model}/{v}")
             except StoreError as exc:
                 bad += 1
-                console.print(f"[red]FAIL[/] {model}/{v}: {exc}")
+                # an IntegrityError already starts with its model/version
+                said = str(exc) if isinstance(exc, IntegrityError) else f"{model}/{v}: {exc}"
+                console.print(f"[red]FAIL[/] {said}")
     if bad:
         raise typer.Exit(1)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -568,6 +569,42 @@ def test_unknown_field_names_are_named_but_cut(client: Client) -> None:
     problem = assert_problem(client.post("/sample", json={"model": "vae-digits", "x" * 10_000: 1}), 422)
     assert len(problem["errors"][0]["loc"][0]) < 100
     assert len(problem["detail"]) < 200
+
+
+def _not_ready_reasons(settings: Settings) -> dict[str, Any]:
+    c = Client(settings)
+    try:
+        assert c.get("/health/live").status_code == 200
+        ready = c.get("/health/ready")
+        assert ready.status_code == 503, ready.text
+        return dict(ready.json()["failures"])
+    finally:
+        c.close()
+
+
+def test_a_damaged_latest_version_leaves_the_server_not_ready(tiny_store: Path, tmp_path: Path) -> None:
+    # A version folder without its manifest is damage; skipping it would serve the older one.
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "gan-digits", store / "gan-digits")
+    shutil.copytree(store / "gan-digits" / "1", store / "gan-digits" / "2")
+    (store / "gan-digits" / "2" / "manifest.json").unlink()
+    failures = _not_ready_reasons(Settings(model_store=store))
+    assert "manifest.json missing" in failures["gan-digits"], failures
+
+
+def test_an_unreadable_store_leaves_the_server_live_not_ready(
+    tiny_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real = Path.iterdir
+
+    def iterdir(self: Path) -> Iterator[Path]:
+        if self == tiny_store:  # chmod does not stop root: refuse where the store reads
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "iterdir", iterdir)
+    failures = _not_ready_reasons(Settings(model_store=tiny_store))
+    assert "Permission denied" in failures["store"], failures
 
 
 def test_body_and_output_size_limits(tiny_store: Path) -> None:

@@ -17,6 +17,7 @@ from service.store import (
     InvalidNameError,
     ModelNotFoundError,
     ModelStore,
+    StoreError,
 )
 
 
@@ -254,3 +255,70 @@ def test_manifest_that_lies_about_its_folder(store: ModelStore) -> None:
         (v2 / f.name).write_bytes(f.read_bytes())
     with pytest.raises(IntegrityError, match="folder is gan-toy/2"):
         store.verify("gan-toy", 2)
+
+
+def test_a_version_folder_without_a_manifest_fails_instead_of_hiding(store: ModelStore) -> None:
+    # Publishing renames a complete folder into place, so a numbered folder without a
+    # manifest is damage: skipping it would silently serve the older version.
+    publish(store)
+    publish(store)
+    (store.root / "gan-toy" / "2" / MANIFEST).unlink()
+    assert store.versions("gan-toy") == [1, 2]
+    with pytest.raises(IntegrityError, match=r"manifest\.json missing"):
+        store.open("gan-toy")
+    assert store.open("gan-toy", 1).version == 1
+    assert publish(store) == 3  # never reuses the damaged number
+
+
+def test_only_canonical_numbers_are_versions(store: ModelStore) -> None:
+    publish(store)
+    (store.root / "gan-toy" / "08").mkdir()
+    (store.root / "gan-toy" / "+9").mkdir()
+    assert store.versions("gan-toy") == [1]
+    assert store.open("gan-toy").version == 1
+
+
+def test_an_unreadable_store_is_a_store_error(store: ModelStore, monkeypatch: pytest.MonkeyPatch) -> None:
+    # chmod does not stop root, so the refusal is simulated where the store reads
+    publish(store)
+    real_iterdir, real_open = Path.iterdir, Path.open
+
+    def refused(self: Path, *a: Any, **k: Any) -> Any:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(
+        Path, "iterdir", lambda self: refused(self) if self == store.root else real_iterdir(self)
+    )
+    with pytest.raises(StoreError, match=r"cannot read the store .*Permission denied"):
+        store.names()
+    monkeypatch.setattr(Path, "iterdir", real_iterdir)
+    monkeypatch.setattr(
+        Path,
+        "open",
+        lambda self, *a, **k: refused(self) if self.suffix == ".onnx" else real_open(self, *a, **k),
+    )
+    with pytest.raises(
+        IntegrityError, match=r"generate.onnx: unreadable \(generate.onnx: Permission denied\)"
+    ):
+        store.verify("gan-toy")
+
+
+@pytest.mark.parametrize(
+    ("family_info", "says"),
+    [
+        ({}, "family_info.latent_dim must be an integer >= 1"),
+        ({"latent_dim": "8"}, "family_info.latent_dim"),
+        ({"latent_dim": 0}, "family_info.latent_dim"),
+        ({"latent_dim": 2, "default_samples": -1}, "family_info.default_samples"),
+    ],
+)
+def test_family_info_the_engines_read_is_checked(family_info: dict[str, Any], says: str) -> None:
+    entry = {"sha256": "0" * 64, "bytes": 1}
+    files = [
+        {"path": "generate.onnx", "format": "onnx", **entry},
+        {"path": "generate.pt", "format": "torchscript", **entry},
+    ]
+    good = {**fields(), "name": "gan-toy", "version": 1, "files": files}
+    Manifest.model_validate(good)
+    with pytest.raises(ValidationError, match=says):
+        Manifest.model_validate({**good, "family_info": family_info})
