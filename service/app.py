@@ -19,7 +19,7 @@ from .api import generate, health, models
 from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers
 from .batching import Batcher
-from .config import Settings
+from .config import Settings, load_settings
 from .lifecycle import Lifecycle, LifecycleMiddleware
 from .metrics import Metrics
 from .registry import Registry
@@ -74,7 +74,7 @@ class MetricsMiddleware:
 def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app. The lifespan opens and verifies the store, loads every model into its
     backend, warms each graph up, and only then reports ready."""
-    settings = settings or Settings()
+    settings = settings or load_settings()
     metrics = Metrics()
     lifecycle = Lifecycle()
 

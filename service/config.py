@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class ConfigError(ValueError):
+    """A setting the service refuses, named by its environment variable."""
 
 
 class Settings(BaseSettings):
     """Everything an operator can tune. `GENSERVE_<NAME>` sets each field."""
 
-    model_config = SettingsConfigDict(env_prefix="GENSERVE_", extra="forbid", frozen=True)
+    model_config = SettingsConfigDict(
+        env_prefix="GENSERVE_", extra="forbid", frozen=True, allow_inf_nan=False
+    )
 
     model_store: Path = Field(default=Path("model_store"), description="Root of the model store.")
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
@@ -29,7 +35,7 @@ class Settings(BaseSettings):
         description="Parts of a batch run side by side, on threads/lanes threads each "
         "(default: the threads; ONNX Runtime on the CPU only, 1 otherwise).",
     )
-    log_level: str = "info"
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
     # Request limits: bad or huge input gets a 4xx, never an out-of-memory server.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
@@ -46,7 +52,10 @@ class Settings(BaseSettings):
     # Batching, queueing and time limits (per model).
     max_batch: int = Field(default=4096, ge=1, description="Most rows merged into one runtime call.")
     max_delay_ms: float = Field(
-        default=0.0, ge=0.0, description="How long a partial batch may wait for company (0: never wait)."
+        default=0.0,
+        ge=0.0,
+        le=10_000.0,
+        description="How long a partial batch may wait for company (0: never wait).",
     )
     max_queue: int = Field(default=256, ge=1, description="Waiting calls per model before 503 + Retry-After.")
     request_timeout_s: float = Field(default=120.0, gt=0.0, description="Deadline per request (504 after).")
@@ -62,3 +71,46 @@ class Settings(BaseSettings):
         description="Ready when at least one model loaded even if others failed verification "
         "(default: any failure leaves the server live but not ready).",
     )
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("model_store")
+    @classmethod
+    def _a_folder(cls, value: Path) -> Path:
+        # An empty GENSERVE_MODEL_STORE would be ".", and `serve` would build the zoo there.
+        if str(value).strip() in ("", "."):
+            raise ValueError("must name the store's folder")
+        if value.exists() and not value.is_dir():
+            raise ValueError(f"{value} is a file, not a folder")
+        return value
+
+    @field_validator("models")
+    @classmethod
+    def _distinct(cls, value: list[str] | None) -> list[str] | None:
+        if value is not None and len(set(value)) != len(value):
+            raise ValueError("lists a model more than once")
+        return value
+
+    @model_validator(mode="after")
+    def _delay_within_deadline(self) -> Settings:
+        # A batch that may wait longer than any request lives would time every request out.
+        if self.max_delay_ms / 1000.0 >= self.request_timeout_s:
+            raise ValueError("max_delay_ms must be shorter than request_timeout_s")
+        return self
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment and `overrides`, or a ConfigError naming every bad
+    one by its environment variable (one line, for the CLI and the start-up log)."""
+    try:
+        return Settings(**overrides)
+    except ValidationError as exc:
+        problems = []
+        for e in exc.errors():
+            field = ".".join(map(str, e["loc"][:1]))
+            where = f"GENSERVE_{field.upper()}" if field else "settings"
+            problems.append(f"{where}: {e['msg']}")
+        raise ConfigError("invalid setting: " + "; ".join(problems)) from None

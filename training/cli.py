@@ -129,9 +129,9 @@ def evaluate(
 
 
 def _store_root(store: Path | None) -> Path:
-    from service.config import Settings
+    from service.config import load_settings
 
-    return store or Settings().model_store
+    return store or load_settings().model_store
 
 
 StoreOption = Annotated[
@@ -347,7 +347,7 @@ def serve(
     from uvicorn.config import LOGGING_CONFIG
 
     from service.app import create_app
-    from service.config import Settings
+    from service.config import load_settings
     from service.lifecycle import GracefulServer
     from service.runtime import DeviceUnavailableError, resolve_device
     from service.store import ModelStore
@@ -364,7 +364,7 @@ def serve(
         }.items()
         if v is not None
     }
-    settings = Settings(**overrides)
+    settings = load_settings(**overrides)
     try:
         where = resolve_device(settings.backend, settings.device)
     except DeviceUnavailableError as exc:
@@ -403,6 +403,7 @@ def serve(
 
 def main() -> None:
     """Console-script entry point: a user's bad data or override gets one line, not a traceback."""
+    from service.config import ConfigError
     from service.store import StoreError
 
     from .data import DataError
@@ -410,7 +411,7 @@ def main() -> None:
 
     try:
         app()
-    except (DataError, SettingsError) as exc:
+    except (DataError, SettingsError, ConfigError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
     except StoreError as exc:  # an unknown model or version, a damaged manifest

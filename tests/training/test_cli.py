@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 
-def genserve(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+def genserve(*args: str, cwd: Path, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "training.cli", *args],
         capture_output=True,
         text=True,
         timeout=120,
         cwd=cwd,
-        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "200"},
+        env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(Path(__file__).parents[2]), "COLUMNS": "200", **env},
     )
 
 
@@ -77,3 +77,10 @@ def test_store_show_of_a_missing_model_is_one_line(
     assert r.returncode == 1, out
     assert "error:" in out and says in out, out
     assert "Traceback" not in out and "╭" not in out, out
+
+
+def test_a_bad_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
+    r = genserve("serve", "--no-build", "--store", str(tmp_path), cwd=tmp_path, GENSERVE_BACKEND="tensorrt")
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "error: invalid setting: GENSERVE_BACKEND:" in out and "Traceback" not in out, out
