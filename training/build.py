@@ -30,7 +30,7 @@ from .classifier import load_or_train_classifier
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
 from .evaluate import EvalSettings, ModelScores, score_model
 from .export import export_graphs
-from .families import GenerativeModel, default_config
+from .families import GenerativeModel, check_family, default_config
 from .outlier_calibration import calibrate
 from .pipeline import data_for, gan_validator
 from .quality import Sampler
@@ -275,6 +275,10 @@ def build_store(
     uses the defaults tuned for each family.
     """
     console = console or Console()
+    for family in families:  # before any training: a typo must not cost the ones before it
+        check_family(family)
+    if store_root.exists() and not store_root.is_dir():
+        raise StoreError(f"the model store {store_root} is a file, not a folder")
     store = ModelStore(store_root)
     data = load_dataset(dataset)
     fractions = SplitFractions()

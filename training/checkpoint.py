@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.manifest import DatasetSpec
 
@@ -81,9 +81,20 @@ def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Pat
     return directory
 
 
+class CheckpointError(ValueError):
+    """A folder that is not a readable checkpoint (missing, or a damaged description)."""
+
+
 def read_info(directory: Path) -> CheckpointInfo:
     """The checkpoint's JSON description (no weights loaded)."""
-    return CheckpointInfo.model_validate_json((directory / "checkpoint.json").read_text())
+    try:
+        return CheckpointInfo.model_validate_json((directory / "checkpoint.json").read_text())
+    except OSError as exc:
+        raise CheckpointError(f"{directory} is not a checkpoint ({exc.strerror}: checkpoint.json)") from None
+    except (ValidationError, UnicodeDecodeError) as exc:
+        raise CheckpointError(
+            f"{directory}/checkpoint.json is damaged ({str(exc).splitlines()[0]})"
+        ) from None
 
 
 def load_checkpoint(

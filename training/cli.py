@@ -68,6 +68,8 @@ def train(
     if epochs is not None:
         train_overrides["max_epochs"] = epochs
     target = out or checkpoint_path(checkpoints, family, dataset, conditional, seed)
+    if target.exists() and not target.is_dir():  # found now, not after minutes of training
+        raise typer.BadParameter(f"{target} is a file, not a folder", param_hint="--out")
     validator = None
     if family == "gan":
         validator = _gan_validator(dataset, seed, checkpoints)
@@ -406,12 +408,15 @@ def main() -> None:
     from service.config import ConfigError
     from service.store import StoreError
 
+    from .checkpoint import CheckpointError
     from .data import DataError
+    from .families import UnknownFamilyError
+    from .runtime import DeviceError
     from .train import SettingsError
 
     try:
         app()
-    except (DataError, SettingsError, ConfigError) as exc:
+    except (DataError, SettingsError, ConfigError, UnknownFamilyError, DeviceError, CheckpointError) as exc:
         console.print(f"[red]error:[/] {exc}")
         raise SystemExit(2) from None
     except StoreError as exc:  # an unknown model or version, a damaged manifest

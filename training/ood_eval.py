@@ -36,7 +36,7 @@ from service.outliers import (
     score,
 )
 from service.runtime import load_backend
-from service.store import ModelStore
+from service.store import ModelNotFoundError, ModelStore
 
 from .build import SERVING_SAMPLES
 from .data import ImageDataset, SplitFractions, load_dataset, make_splits
@@ -208,7 +208,7 @@ def evaluate_store(
         manifests[name] = (scored, man)
         report.defaults[man.family] = man.calibration.default_method
     if data is None or splits is None:
-        raise ValueError(f"no likelihood models for {dataset} with calibration in {store_root}")
+        raise ModelNotFoundError(f"no likelihood models for {dataset} with calibration in {store_root}")
     x_in = data.x[splits.test]
     y_in = data.y[splits.test] if data.y is not None else None
     all_sets = build_sets(x_in, data.spec.levels, seed=seed)

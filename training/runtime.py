@@ -18,12 +18,18 @@ def seed_everything(seed: int) -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
+class DeviceError(ValueError):
+    """A training device that is unknown or not usable here."""
+
+
 def pick_device(requested: str = "auto") -> torch.device:
     """`auto` takes the GPU when torch can use one; `cuda` without one is an error."""
+    if requested not in ("auto", "cpu", "cuda"):
+        raise DeviceError(f"unknown device {requested!r}; choose auto, cpu or cuda")
     if requested == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if requested == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("device 'cuda' was requested but torch sees no usable GPU")
+        raise DeviceError("device 'cuda' was requested but torch sees no usable GPU")
     return torch.device(requested)
 
 

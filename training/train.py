@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
@@ -44,20 +44,22 @@ class SettingsError(ValueError):
 class TrainConfig(BaseModel):
     """Optimisation settings (architecture lives in the family config)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
-    batch_size: int = 64
-    lr: float = 1e-3
-    lr_decay: float = 1.0  # per-epoch exponential decay (schedule "exponential")
+    batch_size: int = Field(64, ge=1)
+    lr: float = Field(1e-3, gt=0.0)
+    lr_decay: float = Field(1.0, gt=0.0)  # per-epoch exponential decay (schedule "exponential")
     schedule: Literal["exponential", "cosine"] = "exponential"  # cosine anneals to 1% over max_epochs
-    weight_decay: float = 0.0
-    max_epochs: int = 400
-    max_minutes: float = 3.0
-    patience: int = 10  # validations without improvement before stopping
-    val_every: int = 1  # epochs between validations
-    val_samples: int = 4  # estimator samples per validation example (flows, VAEs)
-    ema: float = 0.0  # decay of a weight average used for validation and export; 0 = off
-    augment: float = 0.0  # share of training images shown under another transform (needs model support)
+    weight_decay: float = Field(0.0, ge=0.0)
+    max_epochs: int = Field(400, ge=1)
+    max_minutes: float = Field(3.0, gt=0.0)
+    patience: int = Field(10, ge=1)  # validations without improvement before stopping
+    val_every: int = Field(1, ge=1)  # epochs between validations
+    val_samples: int = Field(4, ge=1)  # estimator samples per validation example (flows, VAEs)
+    # decay of a weight average used for validation and export; 0 = off
+    ema: float = Field(0.0, ge=0.0, lt=1.0)
+    # share of training images shown under another transform (needs model support)
+    augment: float = Field(0.0, ge=0.0, le=1.0)
 
 
 # Tuned on digits so each model trains within 3 minutes on 2 CPU cores. Flows and
@@ -232,7 +234,10 @@ def fit(
                 s.step()
             train_metrics = {k: v / max(1, batches) for k, v in sums.items()}
             status = " ".join(f"{k} {v:.3f}" for k, v in train_metrics.items())
-            if epoch % cfg.val_every == 0:
+            over_time = time.monotonic() - start > cfg.max_minutes * 60
+            # The last epoch is always judged, so a run cut short (or one whose epoch limit
+            # is not a multiple of val_every) never keeps only its initial weights.
+            if epoch % cfg.val_every == 0 or over_time or epoch == cfg.max_epochs:
                 judged = model if average is None else average.shadow
                 judged.eval()
                 score = validate(judged)
@@ -247,7 +252,7 @@ def fit(
             if bad >= cfg.patience:
                 stopped = "early stopping"
                 break
-            if time.monotonic() - start > cfg.max_minutes * 60:
+            if over_time:
                 stopped = "time budget"
                 break
     model.load_state_dict(best_state)

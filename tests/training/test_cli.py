@@ -84,3 +84,28 @@ def test_a_bad_setting_stops_serve_with_one_line(tmp_path: Path) -> None:
     out = r.stdout + r.stderr
     assert r.returncode == 2, out
     assert "error: invalid setting: GENSERVE_BACKEND:" in out and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize(
+    ("args", "says", "code"),
+    [
+        (("train", "--family", "foo"), "unknown family 'foo'", 2),
+        (("train", "--family", "vae", "--device", "tpu"), "unknown device 'tpu'", 2),
+        (("train", "--family", "vae", "--epochs", "0"), "max_epochs: Input should be greater", 2),
+        (("train", "--family", "vae", "--train-set", "lr=NaN"), "lr: Input should be a finite number", 2),
+        (("export", "--checkpoint", "{tmp}/missing"), "is not a checkpoint", 2),
+        (("build-store", "--store", "{tmp}/afile", "--family", "vae"), "is a file, not a folder", 1),
+        # checked before the first family trains, not when its turn comes
+        (("build-store", "--store", "{tmp}/s", "--family", "vae", "--family", "foo"), "unknown family", 2),
+    ],
+)
+def test_mistakes_are_caught_before_any_training(
+    tmp_path: Path, args: tuple[str, ...], says: str, code: int
+) -> None:
+    (tmp_path / "afile").write_text("")
+    r = genserve(*(a.format(tmp=tmp_path) for a in args), cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == code, out
+    assert "error:" in out and says in out, out
+    assert "Traceback" not in out, out
+    assert not (tmp_path / "s").exists() and not (tmp_path / "checkpoints").exists()

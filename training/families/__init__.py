@@ -25,14 +25,24 @@ def family_names() -> list[str]:
     return list(FAMILIES)
 
 
+class UnknownFamilyError(ValueError):
+    """A family name genserve does not have."""
+
+
+def check_family(family: str) -> str:
+    """`family`, or an UnknownFamilyError listing the ones there are."""
+    if family not in FAMILIES:
+        raise UnknownFamilyError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    return family
+
+
 def default_config(family: str, spec: DatasetSpec, **overrides: Any) -> FamilyConfig:
     """The default architecture for `family` on data like `spec`, with overrides applied.
 
     Small images (the 8×8 digits) get the settings tuned on `digits`; larger ones get
     wider, deeper models (and dilations for the PixelCNN's receptive field).
     """
-    if family not in FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose from {', '.join(FAMILIES)}")
+    check_family(family)
     _, config_cls = FAMILIES[family]
     large = max(spec.shape[1:]) > 16
     base: dict[str, Any] = {}

@@ -19,7 +19,7 @@ from .augment import transform_count
 class FamilyConfig(BaseModel):
     """Base of each family's architecture config (saved beside every checkpoint)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class GenerativeModel(nn.Module, ABC):

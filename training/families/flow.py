@@ -14,6 +14,7 @@ import math
 from typing import Any, Literal, cast
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
@@ -39,12 +40,12 @@ class FlowConfig(FamilyConfig):
     # couplings beat affine ones by ~0.1 bpd at equal time, and 4 wide steps per level
     # beat 8 narrow ones.
     coupling: Literal["affine", "additive", "spline"] = "spline"
-    levels: int = 2
-    steps_per_level: int = 4
-    hidden: int = 96
-    spline_bins: int = 8
-    logit_alpha: float = 0.05
-    dropout: float = 0.0
+    levels: int = Field(2, ge=1)
+    steps_per_level: int = Field(4, ge=1)
+    hidden: int = Field(96, ge=1)
+    spline_bins: int = Field(8, ge=2)
+    logit_alpha: float = Field(0.05, gt=0.0, lt=0.5)
+    dropout: float = Field(0.0, ge=0.0, lt=1.0)
     augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field
 from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
@@ -26,13 +27,13 @@ from .vae import downsamples
 class GANConfig(FamilyConfig):
     """Architecture and optimiser settings of the GAN."""
 
-    latent: int = 32
-    g_channels: int = 48
-    d_channels: int = 48
-    lr_d: float = 2e-4
-    lr_g: float = 2e-4
-    ema_decay: float = 0.995
-    max_upsamples: int = 2
+    latent: int = Field(32, ge=1)
+    g_channels: int = Field(48, ge=1)
+    d_channels: int = Field(48, ge=1)
+    lr_d: float = Field(2e-4, gt=0.0)
+    lr_g: float = Field(2e-4, gt=0.0)
+    ema_decay: float = Field(0.995, ge=0.0, lt=1.0)
+    max_upsamples: int = Field(2, ge=0)
 
 
 class Generator(nn.Module):

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
+from pydantic import Field, PositiveInt
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
@@ -29,16 +30,16 @@ from .vae import categorical_log_prob
 class PixelCNNConfig(FamilyConfig):
     """Architecture of the gated PixelCNN."""
 
-    channels: int = 48
-    layers: int = 8
-    kernel: int = 3
-    dilations: tuple[int, ...] = (1,)
-    dropout: float = 0.1
+    channels: int = Field(48, ge=1)
+    layers: int = Field(8, ge=1)
+    kernel: int = Field(3, ge=1)
+    dilations: tuple[PositiveInt, ...] = Field((1,), min_length=1)
+    dropout: float = Field(0.1, ge=0.0, lt=1.0)
     onehot_input: bool = False
     output: Literal["categorical", "logistic_mixture"] = "categorical"
-    mixtures: int = 5
+    mixtures: int = Field(5, ge=1)
     position_bias: bool = False
-    members: int = 1
+    members: int = Field(1, ge=1)
     augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 

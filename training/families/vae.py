@@ -12,6 +12,7 @@ import math
 from typing import Any
 
 import torch
+from pydantic import Field
 from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
@@ -23,14 +24,14 @@ from .layers import categorical_from_uniform, label_planes, std_normal_logpdf, s
 class VAEConfig(FamilyConfig):
     """Architecture of the VAE."""
 
-    latent: int = 16
-    channels: int = 32
-    hidden: int = 256
-    kl_warmup_steps: int = 500
+    latent: int = Field(16, ge=1)
+    channels: int = Field(32, ge=1)
+    hidden: int = Field(256, ge=1)
+    kl_warmup_steps: int = Field(500, ge=0)
     # β > 1: the latent carries less, so the label steers conditional samples (0.89 -> 0.96
     # of them recognised on digits) at a cost of ~0.04 bpd, well inside the likelihood target.
-    kl_weight: float = 2.0
-    max_downsamples: int = 2
+    kl_weight: float = Field(2.0, gt=0.0)
+    max_downsamples: int = Field(2, ge=0)
     augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 
