@@ -5,11 +5,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from fastapi import Request
 
 from ..errors import DeadlineExceededError, GenserveError, ShuttingDownError
+
+if TYPE_CHECKING:  # lifecycle.py imports the API's error responses
+    from ..lifecycle import Lifecycle
 
 T = TypeVar("T")
 
@@ -35,16 +38,22 @@ async def _disconnected(request: Request, pause: float) -> None:
         await asyncio.sleep(pause)
 
 
-async def guarded(request: Request, work: Coroutine[Any, Any, T], timeout: float, poll: float = 0.02) -> T:
+async def guarded(
+    request: Request,
+    work: Coroutine[Any, Any, T],
+    timeout: float,
+    poll: float = 0.02,
+    lifecycle: Lifecycle | None = None,
+) -> T:
     """Await `work`, cancelling it on deadline (504) or client disconnect. Call it after the
     request body has been read.
 
     Cancelling stops a sampling loop at its next graph call, and a cancelled call still
-    waiting in the batcher's queue gives its slot back.
+    waiting in the batcher's queue gives its slot back. With the server's `lifecycle`, the
+    end of a drain's grace period stops the work too (503, ShuttingDownError).
     """
     task = asyncio.ensure_future(work)
     watcher = asyncio.ensure_future(_disconnected(request, poll))
-    lifecycle = getattr(request.app.state, "lifecycle", None)
     if lifecycle is not None:
         lifecycle.work.add(task)  # the end of a drain's grace period may stop it
     try:

@@ -148,7 +148,12 @@ async def sample(request: Request) -> Response:
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
     stages.done(model.name, "parse")
-    samples = await guarded(request, engine.sample(req.n, labels, rng, temperature), _timeout(request, req))
+    samples = await guarded(
+        request,
+        engine.sample(req.n, labels, rng, temperature),
+        _timeout(request, req),
+        lifecycle=request.app.state.lifecycle,
+    )
     stages.done(model.name, "compute")
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
     response = _sample_response(model, req.format, samples, labels, seed, temperature)
@@ -253,7 +258,9 @@ async def log_likelihood(request: Request) -> Response:
         )
         return ll, outliers
 
-    ll, outliers = await guarded(request, score(), _timeout(request, req))
+    ll, outliers = await guarded(
+        request, score(), _timeout(request, req), lifecycle=request.app.state.lifecycle
+    )
     stages.done(model.name, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
     bpd = engine.bits_per_dim(ll.log_likelihood)
@@ -324,7 +331,10 @@ async def reconstruct(request: Request) -> Response:
     seed = req.seed if req.seed is not None else secrets.randbits(63)
     stages.done(model.name, "parse")
     result = await guarded(
-        request, engine.reconstruct(x, labels, mask, noise_rng(seed)), _timeout(request, req)
+        request,
+        engine.reconstruct(x, labels, mask, noise_rng(seed)),
+        _timeout(request, req),
+        lifecycle=request.app.state.lifecycle,
     )
     stages.done(model.name, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
