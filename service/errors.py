@@ -91,28 +91,30 @@ class NotReadyError(GenserveError):
     title = "Service not ready"
 
 
-class OverloadedError(GenserveError):
-    """The model's queue is full; retry after a moment."""
+class RetryLaterError(GenserveError):
+    """A 503 the client should retry after `retry_after` seconds (sent as Retry-After)."""
 
     status = 503
+    retry_after_default = 1.0
+
+    def __init__(self, detail: str, retry_after: float | None = None) -> None:
+        super().__init__(detail)
+        self.retry_after = self.retry_after_default if retry_after is None else retry_after
+
+
+class OverloadedError(RetryLaterError):
+    """The model's queue is full; retry after a moment."""
+
     type = "overloaded"
     title = "Server overloaded"
 
-    def __init__(self, detail: str, retry_after: float = 1.0) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
 
-
-class ShuttingDownError(GenserveError):
+class ShuttingDownError(RetryLaterError):
     """The grace period ran out before the request finished; its work was stopped."""
 
-    status = 503
     type = "shutting-down"
     title = "Server shutting down"
-
-    def __init__(self, detail: str, retry_after: float = 2.0) -> None:
-        super().__init__(detail)
-        self.retry_after = retry_after
+    retry_after_default = 2.0
 
 
 class DeadlineExceededError(GenserveError):

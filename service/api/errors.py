@@ -11,7 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..errors import FieldError, GenserveError, OverloadedError, ShuttingDownError
+from ..errors import FieldError, GenserveError, RetryLaterError, ShuttingDownError
 
 PROBLEM_JSON = "application/problem+json"
 log = logging.getLogger("genserve.api")
@@ -40,9 +40,9 @@ def problem(
 def problem_for(exc: GenserveError) -> Response:
     """The response for one of the service's own exceptions."""
     headers = None
-    if isinstance(exc, OverloadedError | ShuttingDownError):
+    if isinstance(exc, RetryLaterError):
         headers = {"Retry-After": str(max(1, round(exc.retry_after)))}
-    if isinstance(exc, ShuttingDownError):
+    if isinstance(exc, ShuttingDownError):  # the next try must reach another replica
         headers = {**(headers or {}), "Connection": "close"}
     return problem(exc.status, exc.type, exc.title, exc.detail, exc.errors, headers)
 
