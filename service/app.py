@@ -39,7 +39,7 @@ _ENDPOINTS = {
 
 
 class MetricsMiddleware:
-    """Counts requests and times them, labelled by model, endpoint and status."""
+    """Counts requests and times them, labelled by model, version, endpoint and status."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
         self.app = app
@@ -65,10 +65,13 @@ class MetricsMiddleware:
         try:
             await self.app(scope, receive, tap)
         finally:
-            model = scope.get("state", {}).get("model", "-")
-            self.metrics.requests.labels(model, endpoint, str(status)).inc()
+            # Set by the route once the model is resolved: only loaded names and versions
+            # become label values, never what a client typed.
+            state = scope.get("state", {})
+            model, version = state.get("model", "-"), state.get("model_version", "-")
+            self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
             if endpoint in ("/sample", "/log-likelihood", "/reconstruct"):
-                self.metrics.latency.labels(model, endpoint).observe(time.perf_counter() - start)
+                self.metrics.latency.labels(model, version, endpoint).observe(time.perf_counter() - start)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -87,22 +90,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await registry.warm_up()
         # Live but not ready on a bad store: the process stays up so an orchestrator can
         # report why (in /health/ready and the log) instead of restarting it in a loop.
-        partial = settings.allow_partial and bool(registry.models)
+        partial = settings.allow_partial and bool(registry.loaded)
         lifecycle.state = "ready" if registry.ready or partial else "degraded"
         metrics.ready.set(1 if lifecycle.accepting else 0)
         if registry.ready:
             log.info(
                 "genserve %s ready: %d model(s) from %s",
                 __version__,
-                len(registry.models),
+                len(registry.loaded),
                 settings.model_store,
             )
         elif partial:
-            lifecycle.reason = f"serving {len(registry.models)} model(s); some failed (allow_partial)"
+            lifecycle.reason = f"serving {len(registry.loaded)} model(s); some failed (allow_partial)"
             log.warning(
                 "genserve %s ready with %d model(s), allow_partial set; NOT loaded: %s",
                 __version__,
-                len(registry.models),
+                len(registry.loaded),
                 registry.failures,
             )
         else:
@@ -114,7 +117,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             lifecycle.state = "stopped"
             metrics.ready.set(0)
             await batcher.close()
-            unloaded = len(registry.models)
+            unloaded = len(registry.loaded)
             registry.close()
             log.info("genserve stopped: %d model(s) unloaded", unloaded)
 

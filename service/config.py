@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, NamedTuple
 
 from pydantic import Field, ValidationError, field_validator, model_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .store import NAME_PATTERN, VERSION_PATTERN
+
+
+class ModelEntry(NamedTuple):
+    """One entry of `models`: a model name and the version to load (None: the latest)."""
+
+    name: str
+    version: int | None
+
+    @property
+    def label(self) -> str:
+        """How the entry was written: `name` or `name@version`."""
+        return self.name if self.version is None else f"{self.name}@{self.version}"
+
+
+def parse_model_entry(text: str) -> ModelEntry:
+    """`name` (the latest version) or `name@version` (that version); ValueError otherwise."""
+    name, at, version = text.partition("@")
+    if not NAME_PATTERN.fullmatch(name) or ".." in name or (at and not VERSION_PATTERN.fullmatch(version)):
+        raise ValueError(
+            f"entry {text[:80]!r} is not a model name or name@version (e.g. vae-digits or vae-digits@3)"
+        )
+    return ModelEntry(name, int(version) if at else None)
 
 
 class ConfigError(ValueError):
@@ -27,7 +52,13 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: GPU when usable, else CPU. cuda without a GPU fails at start-up."
     )
-    models: list[str] | None = Field(default=None, description="Models to load (default: all in the store).")
+    # NoDecode: the variable is a comma-separated list (a JSON list works too), not JSON only.
+    models: Annotated[list[str] | None, NoDecode] = Field(
+        default=None,
+        description="Models to load, comma-separated: `name` (its latest version) or `name@version` "
+        "(that version; list several to serve them side by side). Default: the latest version of "
+        "every model.",
+    )
     threads: int | None = Field(default=None, ge=1, description="Runtime intra-op threads (default: cores).")
     lanes: int | None = Field(
         default=None,
@@ -87,12 +118,35 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} is a file, not a folder")
         return value
 
+    @field_validator("models", mode="before")
+    @classmethod
+    def _split(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                return json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise ValueError(f"starts like a JSON list but is not valid JSON ({exc.msg})") from None
+        return [part.strip() for part in text.split(",")] if text else None
+
     @field_validator("models")
     @classmethod
-    def _distinct(cls, value: list[str] | None) -> list[str] | None:
-        if value is not None and len(set(value)) != len(value):
+    def _entries(cls, value: list[str] | None) -> list[str] | None:
+        if value is None:
+            return None
+        if not value:
+            raise ValueError("lists no model (leave it unset to load every model)")
+        entries = [parse_model_entry(v) for v in value]
+        if len(set(entries)) != len(entries):
             raise ValueError("lists a model more than once")
         return value
+
+    @property
+    def model_entries(self) -> list[ModelEntry] | None:
+        """`models` parsed: which versions of which models to load (None: every model's latest)."""
+        return None if self.models is None else [parse_model_entry(v) for v in self.models]
 
     @model_validator(mode="after")
     def _delay_within_deadline(self) -> Settings:

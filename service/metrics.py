@@ -16,14 +16,14 @@ class Metrics:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "genserve_requests",
-            "HTTP requests by model, endpoint and status code.",
-            ["model", "endpoint", "status"],
+            "HTTP requests by model, version, endpoint and status code.",
+            ["model", "version", "endpoint", "status"],
             registry=self.registry,
         )
         self.latency = Histogram(
             "genserve_request_latency_seconds",
             "End-to-end request latency.",
-            ["model", "endpoint"],
+            ["model", "version", "endpoint"],
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from .batching import Batcher, BatchLimits
-from .config import Settings
+from .config import ModelEntry, Settings
 from .engine import Engine, build_engine
 from .errors import FieldError, ModelNotFoundError, NotReadyError
 from .manifest import Manifest
@@ -28,6 +28,7 @@ class LoadedModel:
     version: ModelVersion
     backend: Backend
     engine: Engine
+    entry: str = ""  # the `models` entry that loaded it: name or name@version
 
     @property
     def name(self) -> str:
@@ -57,14 +58,22 @@ def warmup_inputs(manifest: Manifest, graph: str) -> dict[str, np.ndarray]:
     return feeds
 
 
+_FAILED_HERE = "that model failed verification or loading here; see /health/ready"
+
+
 @dataclass
 class Registry:
-    """Models by name (latest version of each), plus what failed to load and why."""
+    """The loaded model versions, plus what failed to load and why.
+
+    Each configured entry loads one version: a name alone its latest, `name@version` that
+    one. Several versions of a model may be loaded side by side; a request that names no
+    version gets the highest one loaded.
+    """
 
     settings: Settings
     batcher: Batcher
     metrics: Metrics
-    models: dict[str, LoadedModel] = field(default_factory=dict)
+    loaded: dict[tuple[str, int], LoadedModel] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
 
     def load(self) -> None:
@@ -75,27 +84,33 @@ class Registry:
         """
         store = ModelStore(self.settings.model_store)
         try:
-            names = self.settings.models or store.names()
+            entries = self.settings.model_entries or [ModelEntry(n, None) for n in store.names()]
         except StoreError as exc:  # e.g. a store folder the server may not read
-            names, self.failures["store"] = [], str(exc)
+            entries, self.failures["store"] = [], str(exc)
             log.error("model store not loaded: %s", exc)
-        if not names and "store" not in self.failures:
+        if not entries and "store" not in self.failures:
             self.failures["store"] = f"no models in {self.settings.model_store}"
         threads, lanes = thread_layout(self.settings.threads, self.settings.lanes)
-        for name in names:
+        for entry in entries:
+            name = entry.name
             try:
-                version = store.open(name)  # verifies every hash
+                version = store.open(name, entry.version)  # verifies every hash
             except StoreError as exc:
-                self.failures[name] = str(exc)
-                log.error("model %s not loaded: %s", name, exc)
+                self.failures[entry.label] = str(exc)
+                log.error("model %s not loaded: %s", entry.label, exc)
+                continue
+            key = (name, version.version)
+            if key in self.loaded:  # e.g. `name` and `name@<its latest>` both listed
+                log.info("model %s v%d listed twice; loaded once", name, version.version)
                 continue
             try:
                 backend = load_backend(version, self.settings.backend, self.settings.device, threads, lanes)
             except DeviceUnavailableError:
                 raise
             except Exception as exc:  # a verified file the runtime still refuses
-                self.failures[name] = f"{name}/{version.version}: the runtime could not load it ({exc})"
-                log.error("model %s not loaded: %s", name, self.failures[name])
+                why = f"{name}/{version.version}: the runtime could not load it ({exc})"
+                self.failures[entry.label] = why
+                log.error("model %s not loaded: %s", entry.label, why)
                 continue
             limits = BatchLimits(
                 max_batch=self.settings.max_batch,
@@ -105,8 +120,7 @@ class Registry:
             engine = build_engine(
                 version.manifest, self.batcher.caller(f"{name}/v{version.version}", backend, limits)
             )
-            loaded = LoadedModel(version, backend, engine)
-            self.models[name] = loaded
+            self.loaded[key] = LoadedModel(version, backend, engine, entry.label)
             self.metrics.model_info.labels(
                 name, str(version.version), version.manifest.family, backend.name, backend.device
             ).set(1)
@@ -121,47 +135,73 @@ class Registry:
 
     async def warm_up(self) -> None:
         """Run every graph once so the first request pays no initialisation."""
-        for name, model in list(self.models.items()):
+        for key, model in list(self.loaded.items()):
             try:
                 for g in model.manifest.graphs:
                     feeds = warmup_inputs(model.manifest, g.name)
                     await self.batcher.run_direct(model.backend, g.name, feeds)
             except Exception as exc:
-                self.failures[name] = f"{name}/{model.version.version}: warm-up failed ({exc})"
-                log.error("model %s not loaded: %s", name, self.failures[name])
+                self.failures[model.entry] = f"{model.name}/{model.version.version}: warm-up failed ({exc})"
+                log.error("model %s not loaded: %s", model.entry, self.failures[model.entry])
                 model.backend.close()
-                del self.models[name]
+                del self.loaded[key]
 
     @property
     def ready(self) -> bool:
-        return bool(self.models) and not self.failures
+        return bool(self.loaded) and not self.failures
+
+    def models(self) -> list[LoadedModel]:
+        """Every loaded version, by name and then version."""
+        return [self.loaded[k] for k in sorted(self.loaded)]
+
+    def _by_name(self) -> dict[str, list[LoadedModel]]:
+        groups: dict[str, list[LoadedModel]] = {}
+        for model in self.models():
+            groups.setdefault(model.name, []).append(model)
+        return groups
+
+    def is_default(self, model: LoadedModel) -> bool:
+        """Whether `model` answers the requests that name no version."""
+        return model.name not in self.failures and model.version.version == self.versions(model.name)[-1]
+
+    def versions(self, name: str) -> list[int]:
+        """The loaded versions of `name`, ascending."""
+        return sorted(v for n, v in self.loaded if n == name)
 
     def get(self, name: str, version: int | None = None) -> LoadedModel:
-        """The loaded model `name` (at `version`, which must be the one loaded)."""
-        model = self.models.get(name)
-        if model is None and name in self.failures:
-            # 503, not 404: the model exists but this replica could not load it; a load
-            # balancer may retry on one that did.
-            raise NotReadyError("that model failed verification or loading here; see /health/ready")
-        if model is None:
-            loaded = ", ".join(sorted(self.models)) or "none"
+        """The loaded model `name` at `version` (default: the highest version loaded)."""
+        versions = self.versions(name)
+        # 503, not 404, for a model that exists but failed to load on this replica: a load
+        # balancer may retry on one that did.
+        if version is None:
+            if name in self.failures:  # its latest version, the default, failed here
+                raise NotReadyError(_FAILED_HERE)
+            if versions:
+                return self.loaded[name, versions[-1]]
+        elif (name, version) in self.loaded:
+            return self.loaded[name, version]
+        elif f"{name}@{version}" in self.failures or (name in self.failures and not versions):
+            raise NotReadyError(_FAILED_HERE)
+        if not versions:
+            loaded = ", ".join(sorted({n for n, _ in self.loaded})) or "none"
             msg = f"no loaded model named that (loaded: {loaded})"
             raise ModelNotFoundError(msg, [FieldError(["model"], msg)])
-        if version is not None and version != model.version.version:
-            msg = f"version {version} of {name} is not loaded (loaded: {model.version.version})"
-            raise ModelNotFoundError(msg, [FieldError(["version"], msg)])
-        return model
+        msg = f"version {version} of {name} is not loaded (loaded: {', '.join(map(str, versions))})"
+        raise ModelNotFoundError(msg, [FieldError(["version"], msg)])
 
     def close(self) -> None:
         """Release every backend."""
-        for model in self.models.values():
+        for model in self.loaded.values():
             model.backend.close()
-        self.models.clear()
+        self.loaded.clear()
 
     def status(self) -> dict[str, Any]:
         """What /health/ready reports."""
         return {
             "ready": self.ready,
-            "models": {n: f"v{m.version.version} on {m.backend.device}" for n, m in self.models.items()},
+            "models": {
+                name: ", ".join(f"v{m.version.version}" for m in group) + f" on {group[-1].backend.device}"
+                for name, group in self._by_name().items()
+            },
             "failures": self.failures,
         }

@@ -102,6 +102,7 @@ def _json(payload: dict[str, Any], headers: dict[str, str] | None = None) -> Res
 def _model_for(request: Request, name: str, version: int | None) -> LoadedModel:
     model = _registry(request).get(name, version)
     request.state.model = model.name
+    request.state.model_version = str(model.version.version)
     return model
 
 

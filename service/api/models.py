@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Request
+from fastapi import APIRouter, Query, Request
 
 from ..outliers import METHODS
 from ..registry import LoadedModel, Registry
@@ -19,12 +19,13 @@ def _registry(request: Request) -> Registry:
     return registry
 
 
-def summary(model: LoadedModel) -> dict[str, Any]:
+def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
     """The fields of ModelSummary."""
     m = model.manifest
     return {
         "name": model.name,
         "version": model.version.version,
+        "default": default,
         "family": m.family,
         "description": m.description,
         "conditional": m.conditioning.conditional,
@@ -96,17 +97,24 @@ def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
 
 @router.get("/models", response_model=list[ModelSummary], summary="List loaded models")
 async def list_models(request: Request) -> list[dict[str, Any]]:
-    """Every loaded model with family, version, data spec, labels, capabilities, backend, device."""
-    return [summary(m) for m in _registry(request).models.values()]
+    """Every loaded model version with family, data spec, labels, capabilities, backend, device,
+    and whether it is the one a request naming no version gets."""
+    registry = _registry(request)
+    return [summary(m, registry.is_default(m)) for m in registry.models()]
 
 
 @router.get("/models/{name}", response_model=ModelDetail, responses=PROBLEMS, summary="Describe one model")
-async def get_model(name: str, request: Request) -> dict[str, Any]:
+async def get_model(
+    name: str,
+    request: Request,
+    version: Annotated[int | None, Query(ge=1, description="A loaded version; default the highest.")] = None,
+) -> dict[str, Any]:
     """A model in detail: graphs, estimator, held-out evaluation, outlier calibration, training."""
-    model = _registry(request).get(name)
+    registry = _registry(request)
+    model = registry.get(name, version)
     m = model.manifest
     return {
-        **summary(model),
+        **summary(model, registry.is_default(model)),
         "graphs": [g.model_dump() for g in m.graphs],
         "estimator": str(m.family_info.get("estimator", "")),
         "default_samples": int(m.family_info.get("default_samples", 0) or 0),

@@ -23,7 +23,9 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Model name in the store, e.g. 'pixelcnn-digits'.", max_length=128)
-    version: int | None = Field(default=None, ge=1, description="Model version; default the latest loaded.")
+    version: int | None = Field(
+        default=None, ge=1, description="Model version; default the highest version loaded."
+    )
     timeout: float | None = Field(
         default=None, gt=0, description="Deadline in seconds (capped by the server's request_timeout_s)."
     )
@@ -153,6 +155,9 @@ class ModelSummary(BaseModel):
 
     name: str
     version: int
+    default: bool = Field(
+        description="Whether requests that name no version get this version (the highest loaded)."
+    )
     family: str
     description: str
     conditional: bool

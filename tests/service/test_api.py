@@ -86,7 +86,7 @@ def test_health_and_models(client: Client) -> None:
 def test_metrics_exposes_requests_and_models(client: Client) -> None:
     client.post("/sample", json={"model": model("gan"), "n": 2})
     text = client.get("/metrics").text
-    assert 'genserve_requests_total{endpoint="/sample",model="gan-digits",status="200"}' in text
+    assert 'genserve_requests_total{endpoint="/sample",model="gan-digits",status="200",version="1"}' in text
     assert 'genserve_model_info{backend="onnxruntime",device="cpu",family="gan"' in text
     assert "genserve_samples_total" in text
     assert "genserve_request_latency_seconds_bucket" in text

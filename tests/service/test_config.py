@@ -22,6 +22,13 @@ from service.config import ConfigError, load_settings
         ("GENSERVE_GRACE_PERIOD_S", "nan", "finite number"),
         ("GENSERVE_MODEL_STORE", "", "must name the store's folder"),
         ("GENSERVE_MODELS", '["vae-digits", "vae-digits"]', "more than once"),
+        ("GENSERVE_MODELS", '["vae-digits@2", "vae-digits@2"]', "more than once"),
+        ("GENSERVE_MODELS", '["vae-digits@0"]', "not a model name or name@version"),
+        ("GENSERVE_MODELS", '["vae-digits@latest"]', "not a model name or name@version"),
+        ("GENSERVE_MODELS", '["../vae-digits"]', "not a model name or name@version"),
+        ("GENSERVE_MODELS", "vae-digits,,flow-digits", "not a model name or name@version"),
+        ("GENSERVE_MODELS", "[]", "lists no model"),
+        ("GENSERVE_MODELS", '["vae-digits"', "not valid JSON"),
     ],
 )
 def test_a_bad_variable_is_named(
@@ -43,3 +50,35 @@ def test_cross_field_and_path_checks(monkeypatch: pytest.MonkeyPatch, tmp_path: 
         load_settings(max_delay_ms=5000, request_timeout_s=2)
     monkeypatch.setenv("GENSERVE_LOG_LEVEL", "DEBUG")
     assert load_settings(model_store=tmp_path / "new").log_level == "debug"
+
+
+def test_models_entries_name_a_version_or_the_latest(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    expected = [
+        ("vae-digits", None, "vae-digits"),
+        ("vae-digits", 3, "vae-digits@3"),
+        ("flow-digits", 12, "flow-digits@12"),
+    ]
+    # a comma-separated list, or a JSON list
+    for value in (
+        "vae-digits, vae-digits@3,flow-digits@12",
+        '["vae-digits", "vae-digits@3", "flow-digits@12"]',
+    ):
+        monkeypatch.setenv("GENSERVE_MODELS", value)
+        entries = load_settings(model_store=tmp_path).model_entries
+        assert entries is not None
+        assert [(e.name, e.version, e.label) for e in entries] == expected
+    for unset in ("", "  "):
+        monkeypatch.setenv("GENSERVE_MODELS", unset)
+        assert load_settings(model_store=tmp_path).model_entries is None
+    monkeypatch.delenv("GENSERVE_MODELS")
+    assert load_settings(model_store=tmp_path).model_entries is None
+
+
+def test_every_setting_is_in_the_operators_table() -> None:
+    """docs/deploy.md's settings table lists each variable once (a new setting needs a row)."""
+    from service.config import Settings
+
+    doc = (Path(__file__).parents[2] / "docs" / "deploy.md").read_text()
+    rows = [line for line in doc.splitlines() if line.startswith("| `GENSERVE_")]
+    documented = [row.split("`")[1] for row in rows]
+    assert sorted(documented) == sorted(f"GENSERVE_{name.upper()}" for name in Settings.model_fields)
