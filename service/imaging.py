@@ -14,8 +14,10 @@ def sample_grid_png(
 ) -> bytes:
     """[N, C, H, W] integer levels -> PNG bytes of a grid, each image upscaled to ~`cell` px.
 
-    One channel renders grey, three as RGB (other channel counts show the first one).
-    Captions (e.g. the requested label) are written above each image.
+    One channel renders grey, three as RGB, four as RGB without the alpha channel (other
+    channel counts show the first one). Captions (e.g. the requested label) are written
+    above each image, cut to 12 characters; Pillow's built-in font covers ASCII only, so
+    callers pass something else for names outside it.
     """
     n, c, h, w = samples.shape
     scale = max(1, cell // max(h, w))
@@ -25,7 +27,7 @@ def sample_grid_png(
     rows = math.ceil(n / cols)
     caption_h = 12 if captions else 0
     ch, cw = h * scale + caption_h, w * scale
-    mode = "RGB" if c == 3 else "L"
+    mode = "RGB" if c in (3, 4) else "L"
     canvas = Image.new(
         mode, (cols * (cw + pad) + pad, rows * (ch + pad) + pad), color=40 if mode == "L" else (40, 40, 40)
     )
@@ -33,7 +35,7 @@ def sample_grid_png(
     for i in range(n):
         r, k = divmod(i, cols)
         x0, y0 = pad + k * (cw + pad), pad + r * (ch + pad)
-        tile = img[i].transpose(1, 2, 0) if c == 3 else img[i, 0]
+        tile = np.ascontiguousarray(img[i, :3].transpose(1, 2, 0)) if mode == "RGB" else img[i, 0]
         canvas.paste(Image.fromarray(tile, mode=mode), (x0, y0 + caption_h))
         if captions:
             draw.text((x0 + 1, y0), captions[i][:12], fill=255 if mode == "L" else (255, 255, 255))

@@ -7,6 +7,7 @@ code (its `build_key`) is left alone, and a checkpoint trained with the same key
 from __future__ import annotations
 
 import asyncio
+import functools
 import platform
 import time
 from collections.abc import Callable
@@ -117,8 +118,11 @@ def publish_model(
     splits: Splits,
     evaluate: Callable[[Sampler], ModelScores],
     build_key: str,
+    step: Callable[[str], None] = lambda _s: None,
 ) -> ModelVersion:
     """Export, check, evaluate, calibrate and atomically publish one model as a new version.
+
+    `step` hears about each stage as it starts (the whole takes minutes).
 
     Sample quality and calibration scores are computed through the exported ONNX graphs
     with the service's own engine: what gets measured is what gets served.
@@ -128,6 +132,7 @@ def publish_model(
     y_ho = torch.as_tensor(data.y[te]) if (model.conditional and data.y is not None) else None
     rec = info.record
     with store.staging(name) as stage:
+        step("exporting graphs (ONNX + TorchScript) and checking parity")
         graphs, gaps = export_graphs(model, stage.path, x_ho, y_ho)
         family_info: dict[str, Any] = {
             **model.export_info(),
@@ -189,6 +194,7 @@ def publish_model(
             rng = noise_rng(seed)
             return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng, temperature)))
 
+        step("evaluating on the test split (likelihood, baselines, sample quality)")
         scores = evaluate(served_samples)
         fields["evaluation"] = scores.model_dump()
         if scores.temperature_validation_fid is not None:
@@ -197,6 +203,8 @@ def publish_model(
                 "selected_by": "lowest Fréchet distance to the validation split in the judge's feature space",
                 "validation_fid": scores.temperature_validation_fid,
             }
+        if engine.can_score:
+            step("calibrating outlier scores on the calibration split")
         calibration = (
             asyncio.run(calibrate(engine, data, splits, SERVING_SAMPLES[engine.family]))
             if engine.can_score
@@ -217,6 +225,7 @@ def evaluate_and_publish(
     cache: Path | None,
     build_key: str,
     settings: EvalSettings | None = None,
+    step: Callable[[str], None] = lambda _s: None,
 ) -> ModelVersion:
     """Score on the test split (with the cached judge) and publish."""
     settings = settings or EvalSettings.for_dims(data.spec.dims)
@@ -240,20 +249,34 @@ def evaluate_and_publish(
         )
 
     try:
-        return publish_model(store, name, model, info, data, splits, evaluate, build_key)
+        return publish_model(store, name, model, info, data, splits, evaluate, build_key, step)
     except IntegrityError as exc:  # pragma: no cover - would be a bug in the exporter
         raise RuntimeError(f"publishing {name} failed verification: {exc}") from exc
 
 
 def export_checkpoint(
-    checkpoint: Path, store_root: Path, cache: Path | None, name: str | None = None
+    checkpoint: Path,
+    store_root: Path,
+    cache: Path | None,
+    name: str | None = None,
+    step: Callable[[str], None] = lambda _s: None,
 ) -> ModelVersion:
     """`genserve export`: publish one trained checkpoint as a new store version."""
     model, info = load_checkpoint(checkpoint)
-    data, splits = data_for(info.dataset, info.split_seed, info.split_fractions)
+    data, splits = data_for(info)
     name = name or model_name(info.family, info.dataset, info.conditional)
     build_key = run_key({"train": info.key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
-    return evaluate_and_publish(ModelStore(store_root), name, model, info, data, splits, cache, build_key)
+    return evaluate_and_publish(
+        ModelStore(store_root), name, model, info, data, splits, cache, build_key, step=step
+    )
+
+
+def _say(console: Console, name: str, text: str) -> None:
+    console.print(f"  {name}: {text}")
+
+
+def _quiet(_text: str) -> None:
+    pass
 
 
 def build_store(
@@ -327,7 +350,16 @@ def build_store(
             model, info = result.model, result.info
             trained = True
         version = evaluate_and_publish(
-            store, name, model, info, data, splits, checkpoints, build_key, eval_settings
+            store,
+            name,
+            model,
+            info,
+            data,
+            splits,
+            checkpoints,
+            build_key,
+            eval_settings,
+            step=functools.partial(_say, console, name) if progress else _quiet,
         )
         elapsed = time.monotonic() - start
         console.print(f"[green]published[/] {name} v{version.version} in {elapsed:.0f}s")

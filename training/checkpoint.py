@@ -41,6 +41,9 @@ class CheckpointInfo(BaseModel):
     split_fractions: dict[str, float]
     class_prior: list[float] | None = Field(description="p(y) from the training split's labels.")
     key: str = Field(description="Hash of data, config and training code; equal keys reuse.")
+    data_sha256: str | None = Field(
+        default=None, description="data_digest of the dataset trained on (None: older checkpoints)."
+    )
     record: dict[str, Any] = Field(default_factory=dict, description="Epochs, timings, history.")
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
-from .data import ImageDataset, Splits
+from .data import DataError, ImageDataset, Splits
 from .runtime import seed_everything
 
 
@@ -92,7 +92,10 @@ def train_classifier(
 ) -> tuple[Classifier, dict[str, float]]:
     """Train on the training split, select the epoch by validation accuracy."""
     if data.y is None:
-        raise ValueError("the sample-quality classifier needs labelled data")
+        raise DataError(
+            f"{data.spec.name!r} has no labels: the sample-quality judge (a classifier of the "
+            "labels) cannot be trained, and GANs are selected by it"
+        )
     seed_everything(seed)
     gen = torch.Generator().manual_seed(seed)
     model = Classifier(data.spec).to(device)

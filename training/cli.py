@@ -45,7 +45,9 @@ def train(
     dataset: Annotated[str, typer.Option(help="digits | mnist5k | path/to/data.npz")] = "digits",
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and noise.")] = 0,
-    max_minutes: Annotated[float | None, typer.Option(help="Wall-clock cap on training.")] = None,
+    max_minutes: Annotated[
+        float | None, typer.Option(help="Wall-clock cap on training, checked after each epoch.")
+    ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Architecture override key=value (repeatable).")
@@ -223,7 +225,9 @@ def export(
     """Evaluate a checkpoint, export its graphs (ONNX + TorchScript, parity-checked), publish."""
     from .build import export_checkpoint
 
-    version = export_checkpoint(checkpoint, _store_root(store), checkpoints, name)
+    version = export_checkpoint(
+        checkpoint, _store_root(store), checkpoints, name, step=lambda text: console.print(f"  {text}")
+    )
     console.print(f"[green]published[/] {version.name} v{version.version} -> {version.path}")
 
 

@@ -7,7 +7,9 @@ shaped [N, C, H, W]. Nothing is downloaded: the built-in sets ship inside packag
 from __future__ import annotations
 
 import gzip
+import hashlib
 import importlib.util
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,21 @@ class ImageDataset:
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+
+def dataset_reference(name: str) -> str:
+    """How a checkpoint records a dataset: a built-in's name, or a user file's absolute path
+    (so the checkpoint can be exported from any working directory)."""
+    return name if name in BUILTIN_DATASETS else str(Path(name).resolve())
+
+
+def data_digest(data: ImageDataset) -> str:
+    """sha256 of the images, labels and spec: whether data is still what a model saw."""
+    h = hashlib.sha256(np.ascontiguousarray(data.x).tobytes())
+    if data.y is not None:
+        h.update(np.ascontiguousarray(data.y).tobytes())
+    h.update(data.spec.model_dump_json().encode())
+    return h.hexdigest()
 
 
 def load_dataset(name: str) -> ImageDataset:
@@ -140,6 +157,11 @@ def validate_arrays(
         x = x[:, None]
     if x.ndim != 4:
         raise DataError(f"x must be shaped [N,H,W] or [N,C,H,W], got {list(x.shape)}")
+    if x.shape[-1] in (1, 3, 4) and x.shape[1] not in (1, 3, 4):
+        raise DataError(
+            f"x is shaped {list(x.shape)}, which looks channels-last [N,H,W,C]; genserve wants "
+            "channels first: save np.moveaxis(x, -1, 1)"
+        )
     if x.shape[0] < 10:
         raise DataError(f"x has {x.shape[0]} examples; at least 10 are needed to split")
     if 0 in x.shape[1:]:
@@ -184,7 +206,10 @@ def validate_arrays(
         else:
             if label_names.ndim != 1 or label_names.dtype.kind not in "US":
                 raise DataError("label_names must be a 1-D array of strings")
-            names = [str(s) for s in label_names.tolist()]
+            try:  # bytes names (dtype S, as h5py and older code write them) are UTF-8 text
+                names = [s.decode("utf-8") if isinstance(s, bytes) else str(s) for s in label_names.tolist()]
+            except UnicodeDecodeError:
+                raise DataError("label_names has byte strings that are not UTF-8 text") from None
             if len(names) > MAX_CLASSES:
                 raise DataError(
                     f"label_names has {len(names)} names; at most {MAX_CLASSES} classes are supported"
@@ -193,6 +218,13 @@ def validate_arrays(
                 raise DataError(f"label_names has {len(names)} names but y uses labels up to {n_classes - 1}")
             if len(set(names)) != len(names):
                 raise DataError("label_names has duplicates")
+        empty = np.flatnonzero(np.bincount(labels, minlength=len(names)) == 0)
+        if len(empty):
+            which = ", ".join(f"{names[i]!r} ({i})" for i in empty[:5]) + (" ..." if len(empty) > 5 else "")
+            raise DataError(
+                f"{len(empty)} class(es) have no examples: {which}; a conditional model could not "
+                "learn them (relabel y to 0..C-1 over the classes present, with their names)"
+            )
     elif label_names is not None:
         raise DataError("label_names given without labels y")
 
@@ -266,4 +298,13 @@ def make_splits(y: IntArray | None, n: int, seed: int = 0, fractions: SplitFract
             parts[i + 1].append(chunk)
         parts[0].append(members[bounds[-1] :])
     train, validation, calibration, test = (np.sort(np.concatenate(p)) for p in parts)
+    for part, share, idx in zip(
+        ("validation", "calibration", "test"), shares, (validation, calibration, test), strict=True
+    ):
+        if len(idx) == 0:
+            per_class = math.ceil(0.5 / share)  # the fewest members whose share rounds to one
+            raise DataError(
+                f"too few examples to split: the {part} part ({share:.0%} of each class) would be "
+                f"empty; give at least one class {per_class} or more examples"
+            )
     return Splits(seed=seed, train=train, validation=validation, calibration=calibration, test=test)

@@ -82,12 +82,24 @@ SIMPLER: dict[str, Transform] = {
 ALL_SETS: dict[str, Transform] = {**TRANSFORMED, **SIMPLER}
 
 
+def _half_turn(x: IntImages, k: int, rng: np.random.Generator) -> IntImages:
+    return np.rot90(x, 2, axes=(2, 3))
+
+
 def build_sets(
     x: IntImages, levels: int, seed: int = 0, kinds: dict[str, Transform] | None = None
 ) -> dict[str, IntImages]:
-    """Each synthetic outlier set, one image per input image, as contiguous int64 arrays."""
+    """Each synthetic outlier set, one image per input image, as contiguous int64 arrays.
+
+    Non-square images get a half turn ("rotated180") instead of the quarter turn, which
+    would swap their sides and no longer fit the model.
+    """
+    x = np.asarray(x)
+    square = x.shape[-2] == x.shape[-1]
     out = {}
     for i, (name, fn) in enumerate((kinds or ALL_SETS).items()):
+        if fn is _rotated and not square:
+            name, fn = "rotated180", _half_turn
         rng = np.random.default_rng([seed, i])
-        out[name] = np.ascontiguousarray(fn(np.asarray(x), levels, rng), dtype=np.int64)
+        out[name] = np.ascontiguousarray(fn(x, levels, rng), dtype=np.int64)
     return out

@@ -7,9 +7,9 @@ from pathlib import Path
 import torch
 from rich.console import Console
 
-from .checkpoint import load_checkpoint, read_info
+from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, read_info
 from .classifier import Classifier, load_or_train_classifier
-from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
+from .data import DataError, ImageDataset, SplitFractions, Splits, data_digest, load_dataset, make_splits
 from .evaluate import (
     EvalSettings,
     EvaluationReport,
@@ -43,10 +43,23 @@ def gan_validator(
     return validate
 
 
-def data_for(dataset: str, split_seed: int, fractions: dict[str, float]) -> tuple[ImageDataset, Splits]:
-    """Rebuild exactly the data and split a checkpoint was trained with."""
-    data = load_dataset(dataset)
-    splits = make_splits(data.y, len(data), seed=split_seed, fractions=SplitFractions(**fractions))
+def data_for(info: CheckpointInfo) -> tuple[ImageDataset, Splits]:
+    """Rebuild exactly the data and split a checkpoint was trained with.
+
+    A file changed since training would silently give another split: held-out rows could
+    be training images, and the evaluation and outlier calibration would be wrong.
+    """
+    try:
+        data = load_dataset(info.dataset)
+    except DataError as exc:
+        raise CheckpointError(f"the data this checkpoint was trained on cannot be read: {exc}") from None
+    if info.data_sha256 is not None and data_digest(data) != info.data_sha256:
+        raise CheckpointError(
+            f"{info.dataset} has changed since this checkpoint was trained on it (sha256 "
+            f"{info.data_sha256[:12]}..., now {data_digest(data)[:12]}...); retrain, or restore the data"
+        )
+    fractions = SplitFractions(**info.split_fractions)
+    splits = make_splits(data.y, len(data), seed=info.split_seed, fractions=fractions)
     return data, splits
 
 
@@ -63,7 +76,7 @@ def evaluate_checkpoints(
             first.split_fractions,
         ):
             raise ValueError("checkpoints in one report must share their dataset and split")
-    data, splits = data_for(first.dataset, first.split_seed, first.split_fractions)
+    data, splits = data_for(first)
     settings = EvalSettings.for_dims(data.spec.dims)
     classifier: Classifier | None = None
     cls_metrics: dict[str, float] = {}

@@ -22,7 +22,15 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from torch import Tensor
 
 from .checkpoint import CheckpointInfo, code_fingerprint, run_key, save_checkpoint
-from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
+from .data import (
+    ImageDataset,
+    SplitFractions,
+    Splits,
+    data_digest,
+    dataset_reference,
+    load_dataset,
+    make_splits,
+)
 from .families import GenerativeModel, build_model, default_config
 from .families.augment import dihedral, draw_transforms
 from .runtime import configure_threads, pick_device, seed_everything
@@ -216,7 +224,9 @@ def fit(
             order = torch.randperm(n, generator=gen).to(x_train.device)
             sums: dict[str, float] = {}
             batches = 0
-            for i in range(0, n - cfg.batch_size // 2, cfg.batch_size):
+            # A last batch under half the size is dropped, but never the only one: a
+            # training split smaller than half a batch still trains.
+            for i in range(0, max(1, n - cfg.batch_size // 2), cfg.batch_size):
                 idx = order[i : i + cfg.batch_size]
                 yb = None if y_train is None else y_train[idx]
                 xb, aug = x_train[idx], None
@@ -332,7 +342,7 @@ def train_run(
     info = CheckpointInfo(
         family=family,
         conditional=conditional,
-        dataset=dataset,
+        dataset=dataset_reference(dataset),
         spec=data.spec,
         config=config.model_dump(mode="json"),
         train=tcfg.model_dump(mode="json"),
@@ -346,6 +356,7 @@ def train_run(
         key=training_key(
             family, data, conditional, config.model_dump(mode="json"), tcfg, (seed, run_seed), fractions
         ),
+        data_sha256=data_digest(data),
         record={**record, "device": str(dev), "history": history},
     )
     if checkpoint_dir is not None:

@@ -162,6 +162,12 @@ async def sample(request: Request) -> Response:
     return response
 
 
+def _caption(names: list[str], index: int) -> str:
+    """A label as the PNG's built-in font can draw it: the name if printable ASCII, else #index."""
+    name = names[index]
+    return name if name.isascii() and name.isprintable() else f"#{index}"
+
+
 def _sample_response(
     model: LoadedModel,
     fmt: str,
@@ -177,7 +183,7 @@ def _sample_response(
         return Response(_npy_bytes(samples.astype(np.int64)), media_type=NPY, headers=headers)
     names = spec.label_names
     if fmt == "png":
-        captions = [names[i] for i in labels] if (labels is not None and names) else None
+        captions = [_caption(names, i) for i in labels] if (labels is not None and names) else None
         return Response(
             sample_grid_png(samples, spec.levels, captions), media_type="image/png", headers=headers
         )

@@ -109,3 +109,25 @@ def test_mistakes_are_caught_before_any_training(
     assert "error:" in out and says in out, out
     assert "Traceback" not in out, out
     assert not (tmp_path / "s").exists() and not (tmp_path / "checkpoints").exists()
+
+
+@pytest.mark.parametrize(
+    ("family", "flags", "says"),
+    [
+        # the default is --conditional: unlabelled data says how to train it instead
+        ("vae", (), "has no labels (train it with --unconditional)"),
+        ("flow", ("--unconditional",), "needs even image sides; 'odd' is 7x7"),
+        # a GAN is selected by the label classifier, so unlabelled data cannot train one
+        ("gan", ("--unconditional",), "'odd' has no labels: the sample-quality judge"),
+    ],
+)
+def test_data_a_model_cannot_use_gets_one_line(
+    tmp_path: Path, family: str, flags: tuple[str, ...], says: str
+) -> None:
+    np.savez(tmp_path / "odd.npz", x=np.random.default_rng(0).integers(0, 4, (40, 7, 7)))
+    r = genserve("train", "--family", family, "--dataset", "odd.npz", *flags, "--out", "ck", cwd=tmp_path)
+    out = r.stdout + r.stderr
+    assert r.returncode == 2, out
+    assert "error:" in out and says in out, out
+    assert "Traceback" not in out and "╭" not in out, out
+    assert not (tmp_path / "ck").exists()

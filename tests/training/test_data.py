@@ -98,6 +98,21 @@ def test_user_npz_round_trip(tmp_path: Path) -> None:
             "at most 10000 classes",
         ),
         ({"y": np.zeros(3, dtype=np.int64)}, "missing required array 'x'"),
+        # from the user-data review: a class with no examples, and channels-last images
+        (
+            {"x": np.zeros((20, 4, 4), dtype=np.int64), "y": np.arange(20) % 2 * 2},
+            r"1 class\(es\) have no examples: '1' \(1\)",
+        ),
+        (
+            {
+                "x": np.zeros((20, 4, 4), dtype=np.int64),
+                "y": np.arange(20) % 2,
+                "label_names": np.array(["a", "b", "c"]),
+            },
+            r"no examples: 'c' \(2\)",
+        ),
+        ({"x": np.zeros((20, 8, 8, 3), dtype=np.int64)}, "looks channels-last"),
+        ({"x": np.zeros((20, 28, 28, 1), dtype=np.int64)}, r"np.moveaxis\(x, -1, 1\)"),
         ({"x": np.zeros((20, 4, 4), dtype=np.int64), "extra": np.zeros(1)}, "unexpected keys"),
     ],
 )
@@ -105,6 +120,14 @@ def test_bad_user_files_name_the_problem(tmp_path: Path, arrays: dict[str, np.nd
     path = _save(tmp_path / "bad.npz", **arrays)
     with pytest.raises(DataError, match=message):
         load_npz(path)
+
+
+def test_byte_string_label_names_are_text(tmp_path: Path) -> None:
+    x, y = np.zeros((20, 4, 4), dtype=np.int64), np.arange(20) % 2
+    data = load_npz(_save(tmp_path / "b.npz", x=x, y=y, label_names=np.array([b"cat", "café".encode()])))
+    assert data.spec.label_names == ["cat", "café"]
+    with pytest.raises(DataError, match="not UTF-8"):
+        load_npz(_save(tmp_path / "c.npz", x=x, y=y, label_names=np.array([b"cat", b"\xff"])))
 
 
 def test_object_arrays_are_refused_not_unpickled(tmp_path: Path) -> None:
@@ -139,6 +162,16 @@ def test_splits_deterministic_disjoint_stratified() -> None:
         assert np.abs(share - overall).max() < 0.02, p
     f = SplitFractions()
     assert abs(len(a.test) / len(data) - f.test) < 0.01
+
+
+def test_too_few_examples_per_class_is_named_not_an_empty_split() -> None:
+    # 12 images in 4 classes of 3: each class's 10 % rounds to no validation image at all
+    with pytest.raises(
+        DataError, match=r"the validation part \(10% of each class\) would be empty; .* 5 or more"
+    ):
+        make_splits(np.arange(12) % 4, 12)
+    splits = make_splits(np.arange(20) % 4, 20)  # 5 per class: every part gets some
+    assert min(len(splits.validation), len(splits.calibration), len(splits.test)) > 0
 
 
 def test_split_fractions_must_leave_training_data() -> None:

@@ -30,6 +30,15 @@ def test_sets_are_valid_images_and_deterministic() -> None:
     np.testing.assert_array_equal(np.sort(a["pixel-shuffled"].reshape(50, -1)), np.sort(x.reshape(50, -1)))
 
 
+def test_non_square_images_keep_their_shape_in_every_set() -> None:
+    # A quarter turn swaps H and W: the calibration of a 6x10 model crashed on it.
+    x = np.random.default_rng(0).integers(0, 8, (20, 1, 6, 10))
+    sets = build_sets(x, 8)
+    assert "rotated180" in sets and "rotated90" not in sets
+    assert all(imgs.shape == x.shape for imgs in sets.values())
+    np.testing.assert_array_equal(sets["rotated180"], x[..., ::-1, ::-1])
+
+
 def test_detection_metrics() -> None:
     inl, out = np.arange(100.0), np.arange(100.0) + 1000
     assert detection_metrics(inl, out) == {"auroc": 1.0, "aupr": 1.0, "fpr95": 0.0}

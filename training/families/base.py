@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from ..data import DataError
 from .augment import transform_count
 
 
@@ -37,7 +38,11 @@ class GenerativeModel(nn.Module, ABC):
     def __init__(self, spec: DatasetSpec, conditional: bool, config: FamilyConfig) -> None:
         super().__init__()
         if conditional and spec.num_classes < 2:
-            raise ValueError(f"a conditional model needs labelled data; {spec.name!r} has none")
+            has = "no labels" if spec.num_classes == 0 else "labels of one class only"
+            raise DataError(
+                f"a conditional model needs labels of at least two classes; {spec.name!r} has "
+                f"{has} (train it with --unconditional)"
+            )
         self.spec = spec
         self.conditional = conditional
         self.config = config

@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from service.manifest import DatasetSpec
 
+from ..data import DataError
 from .base import FamilyConfig, GenerativeModel
 from .layers import (
     ActNorm,
@@ -128,7 +129,10 @@ class FlowModel(GenerativeModel):
         while levels < config.levels and H % 2 ** (levels + 1) == 0 and W % 2 ** (levels + 1) == 0:
             levels += 1
         if levels == 0:
-            raise ValueError(f"a flow needs even image sides to squeeze; got {H}x{W}")
+            raise DataError(
+                f"a flow squeezes 2x2 pixel blocks and needs even image sides; {spec.name!r} is "
+                f"{H}x{W} (pad or crop the images, or train a vae, gan or pixelcnn)"
+            )
         self.levels = levels
         cond_ch = self.num_classes + self.transform_count
         self.steps = nn.ModuleList()
