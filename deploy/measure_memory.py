@@ -4,8 +4,10 @@
 
 Starts the server on a free loopback port with the store, waits until ready, then runs
 client threads that cycle through /sample and /log-likelihood requests for every model:
-a typical phase (small requests) and a large phase (the biggest requests the default
-limits allow). Reports the process's VmHWM (the kernel's peak RSS, which covers every
+a typical phase (small requests), a large phase (the most samples and many rows), and a
+heavy phase (unlabelled scoring at the most importance samples the limits allow, which
+runs into the request deadline). A small GAN request twice a second measures how long
+the others make it wait. Reports the process's VmHWM (the kernel's peak RSS, which covers every
 thread of the process) after start-up and after each phase, as JSON.
 """
 
@@ -34,13 +36,22 @@ def status_kib(pid: int, field: str) -> int:
     raise KeyError(field)
 
 
-def requests_for(models: dict[str, Any], large: bool) -> list[tuple[str, dict[str, Any]]]:
+def requests_for(models: dict[str, Any], phase: str) -> list[tuple[str, dict[str, Any]]]:
     out: list[tuple[str, dict[str, Any]]] = []
     rng = np.random.default_rng(0)
+    large = phase == "large"
     for name, info in models.items():
         family = info["family"]
         spec = info["data"]
         shape = [spec["shape"][1], spec["shape"][2]] if spec["shape"][0] == 1 else spec["shape"]
+        if phase == "heavy":
+            # Legal but expensive scoring: unlabelled (every class), the most estimator
+            # samples the default limits allow, many rows. These run into the deadline.
+            if family != "gan":
+                x = rng.integers(0, spec["levels"], size=[2000, *shape]).tolist()
+                samples = 4096 if family in ("vae", "flow") else 1
+                out.append(("/log-likelihood", {"model": name, "inputs": x, "importance_samples": samples}))
+            continue
         # The large phase asks for the most samples the default limits allow per family.
         limit, small = (256, 16) if family == "pixelcnn" else (1024, 64)
         n = limit if large else small
@@ -50,6 +61,16 @@ def requests_for(models: dict[str, Any], large: bool) -> list[tuple[str, dict[st
             x = rng.integers(0, spec["levels"], size=[rows, *shape]).tolist()
             out.append(("/log-likelihood", {"model": name, "inputs": x}))
     return out
+
+
+def probe(url: str, stop: threading.Event, model: str, latencies: list[float]) -> None:
+    """A small request twice a second: how long the heavy requests make others wait."""
+    with httpx.Client(base_url=url, timeout=300) as http:
+        while not stop.is_set():
+            started = time.monotonic()
+            http.post("/sample", json={"model": model, "n": 1})
+            latencies.append(time.monotonic() - started)
+            stop.wait(0.5)
 
 
 def drive(url: str, work: list[tuple[str, dict[str, Any]]], clients: int, seconds: float) -> dict[str, int]:
@@ -80,7 +101,9 @@ def main() -> None:
     parser.add_argument("--store", type=Path, default=Path("model_store"))
     parser.add_argument("--seconds", type=float, default=60.0, help="per phase")
     parser.add_argument("--clients", type=int, default=4)
-    parser.add_argument("--phases", nargs="+", choices=["typical", "large"], default=["typical", "large"])
+    parser.add_argument(
+        "--phases", nargs="+", choices=["typical", "large", "heavy"], default=["typical", "large", "heavy"]
+    )
     args = parser.parse_args()
 
     with socket.socket() as s:
@@ -107,9 +130,23 @@ def main() -> None:
             raise SystemExit("server never became ready")
         report: dict[str, Any] = {"after_start_mib": status_kib(proc.pid, "VmHWM") / 1024}
         models = {m["name"]: m for m in httpx.get(f"{url}/models", timeout=10).json()}
+        small = next((m for m, info in models.items() if info["family"] == "gan"), next(iter(models)))
         for phase in args.phases:
-            codes = drive(url, requests_for(models, phase == "large"), args.clients, args.seconds)
-            report[phase] = {"peak_rss_mib": status_kib(proc.pid, "VmHWM") / 1024, "status_codes": codes}
+            latencies: list[float] = []
+            stop = threading.Event()
+            prober = threading.Thread(target=probe, args=(url, stop, small, latencies))
+            prober.start()
+            codes = drive(url, requests_for(models, phase), args.clients, args.seconds)
+            stop.set()
+            prober.join()
+            report[phase] = {
+                "peak_rss_mib": status_kib(proc.pid, "VmHWM") / 1024,
+                "status_codes": codes,
+                f"{small}_n1_latency_s": {
+                    "median": float(np.median(latencies)) if latencies else None,
+                    "max": max(latencies, default=None),
+                },
+            }
         report["rss_now_mib"] = status_kib(proc.pid, "VmRSS") / 1024
         report["models"] = sorted(models)
         print(json.dumps(report, indent=2))

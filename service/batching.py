@@ -41,15 +41,16 @@ from .runtime import Arrays, Backend
 class BatchLimits:
     """Per-model batching and queueing limits."""
 
-    max_batch: int = 4096  # rows per runtime call
+    max_batch: int = 4096  # work units (rows, or rows x samples) per runtime call
     max_delay: float = 0.0  # seconds a partial batch may wait for company
     max_queue: int = 256  # waiting calls per model before new ones get 503
 
 
-@dataclass
+@dataclass(eq=False)  # identity: field equality would compare numpy inputs (and raise)
 class _Call:
     inputs: Mapping[str, np.ndarray]
     rows: int
+    units: int  # work units: rows, times the samples per row for sampled graphs
     signature: tuple[tuple[str, tuple[int, ...]], ...]
     future: asyncio.Future[Arrays]
     enqueued: float
@@ -85,12 +86,12 @@ class Batcher:
         """A GraphCaller for one model version; its calls are merged with concurrent ones."""
         limits = limits or BatchLimits()
 
-        async def call(graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+        async def call(graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None) -> Arrays:
             key = (model, graph)
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(model, graph, backend, limits)
-            return await self._submit(queue, inputs)
+            return await self._submit(queue, inputs, units)
 
         return call
 
@@ -120,7 +121,7 @@ class Batcher:
             self._lanes.shutdown(wait=True)
 
     # --- internals ---------------------------------------------------------------------
-    async def _submit(self, queue: _Queue, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    async def _submit(self, queue: _Queue, inputs: Mapping[str, np.ndarray], units: int | None) -> Arrays:
         if self._waiting.get(queue.model, 0) >= queue.limits.max_queue:
             raise OverloadedError(
                 f"model {queue.model} has {queue.limits.max_queue} calls waiting; retry shortly"
@@ -131,7 +132,7 @@ class Batcher:
             self._task = loop.create_task(self._schedule(), name="genserve-batcher")
         rows = len(next(iter(inputs.values())))
         signature = tuple(sorted((k, v.shape[1:]) for k, v in inputs.items()))
-        call = _Call(inputs, rows, signature, loop.create_future(), time.perf_counter())
+        call = _Call(inputs, rows, units or rows, signature, loop.create_future(), time.perf_counter())
         queue.calls.append(call)
         self._waiting[queue.model] = self._waiting.get(queue.model, 0) + 1
         assert self._wake is not None
@@ -170,14 +171,16 @@ class Batcher:
         return best
 
     def _take(self, q: _Queue) -> list[_Call]:
+        # Merged by work units, not rows: a VAE scoring row carries K importance samples,
+        # and merging rows alone let concurrent requests build batches K times too large.
         first = q.calls.popleft()
-        batch, rows = [first], first.rows
+        batch, units = [first], first.units
         keep: deque[_Call] = deque()
         while q.calls:
             c = q.calls.popleft()
-            if c.signature == first.signature and rows + c.rows <= q.limits.max_batch:
+            if c.signature == first.signature and units + c.units <= q.limits.max_batch:
                 batch.append(c)
-                rows += c.rows
+                units += c.units
             else:
                 keep.append(c)
         q.calls = keep
@@ -194,7 +197,7 @@ class Batcher:
                 continue
             if q.limits.max_delay > 0:
                 waited = time.perf_counter() - q.calls[0].enqueued
-                if waited < q.limits.max_delay and sum(c.rows for c in q.calls) < q.limits.max_batch:
+                if waited < q.limits.max_delay and sum(c.units for c in q.calls) < q.limits.max_batch:
                     await asyncio.sleep(q.limits.max_delay - waited)
                     continue
             batch = self._take(q)
@@ -280,7 +283,7 @@ def direct_caller(
     """A GraphCaller that runs each call at once as one batch, with no queue: the serving
     path's execution without the server (the benchmark's in-process limit)."""
 
-    async def call(graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    async def call(graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None) -> Arrays:
         return run_batch(backend, graph, inputs, max_batch, lanes)
 
     return call

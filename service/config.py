@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import difflib
 import json
+import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
@@ -156,9 +159,28 @@ class Settings(BaseSettings):
         return self
 
 
+# GENSERVE_* variables that configure something else: the compose file's image build and
+# its load balancer. Any other unknown GENSERVE_* variable is a typo and is refused.
+NOT_SETTINGS = frozenset({"GENSERVE_BUILD_STORE", "GENSERVE_LB_PORT", "GENSERVE_UPSTREAMS"})
+
+
+def unknown_variables(environ: Mapping[str, str]) -> list[str]:
+    """GENSERVE_* variables that name no setting (pydantic-settings ignores them silently)."""
+    known = {f"GENSERVE_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS
+    return sorted(k for k in environ if k.upper().startswith("GENSERVE_") and k.upper() not in known)
+
+
 def load_settings(**overrides: Any) -> Settings:
     """Settings from the environment and `overrides`, or a ConfigError naming every bad
     one by its environment variable (one line, for the CLI and the start-up log)."""
+    unknown = unknown_variables(os.environ)
+    if unknown:
+        known = [f"GENSERVE_{name.upper()}" for name in Settings.model_fields]
+        hints = []
+        for name in unknown[:5]:
+            close = difflib.get_close_matches(name.upper(), known, n=1)
+            hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
+        raise ConfigError("unknown setting: " + "; ".join(hints) + " (docs/deploy.md#settings lists them)")
     try:
         return Settings(**overrides)
     except ValidationError as exc:

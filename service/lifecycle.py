@@ -156,9 +156,15 @@ class GracefulServer(uvicorn.Server):
             with contextlib.suppress(RuntimeError):  # no running loop: nothing to log from
                 asyncio.get_running_loop().call_soon_threadsafe(self._log_drain, sig)
         elif state == "draining" and sig == signal.SIGINT:
-            # A second Ctrl+C: stop waiting for requests (uvicorn's convention).
-            self.should_exit = True
-            self.force_exit = True
+            lc = self.lifecycle
+            if lc.abandoning or lc.drain_started is None:  # a third: stop at once
+                self.should_exit = True
+                self.force_exit = True
+            else:
+                # A second Ctrl+C stops waiting for requests (uvicorn's convention), by
+                # ending the grace period now: the stopped requests answer 503 within
+                # ABANDON_ANSWER_S instead of uvicorn's bare 500, and the models unload.
+                self.grace_period = min(self.grace_period, time.monotonic() - lc.drain_started)
         elif state == "starting":
             self.should_exit = True  # interrupted while loading: skip serving altogether
 

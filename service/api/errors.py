@@ -9,6 +9,7 @@ import orjson
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 
 from ..errors import FieldError, GenserveError, RetryLaterError, ShuttingDownError
@@ -66,6 +67,14 @@ def install_error_handlers(app: FastAPI) -> None:
         slug = {404: "not-found", 405: "method-not-allowed"}.get(exc.status_code, "http-error")
         headers = dict(exc.headers) if exc.headers else None
         return problem(exc.status_code, slug, str(exc.detail), str(exc.detail), headers=headers)
+
+    @app.exception_handler(ClientDisconnect)
+    async def _client_left(_: Request, exc: ClientDisconnect) -> Response:
+        # The client hung up while sending its body: a network event, not a server error.
+        # Nobody reads this answer; it is for the access log and the request metrics.
+        return problem(
+            499, "client-closed-request", "Client closed request", "the client disconnected while sending"
+        )
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:

@@ -135,7 +135,9 @@ async def sample(request: Request) -> Response:
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
-    limit = settings.pixelcnn_max_samples if model.manifest.family == "pixelcnn" else settings.max_samples
+    limit = settings.max_samples
+    if model.manifest.family == "pixelcnn":  # one graph call per pixel: its own, lower cap
+        limit = min(limit, settings.pixelcnn_max_samples)
     if req.n > limit:
         raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
     check_output_size(req.n, spec.dims, settings.max_output_values, "n")
@@ -247,6 +249,8 @@ async def log_likelihood(request: Request) -> Response:
         raise InvalidInputError.field(
             ["importance_samples"], f"must be at most {settings.max_importance_samples}"
         )
+    if not engine.sampled_estimator:  # exact: the answer says what was used, not what was asked
+        samples = 1
     stages.done(model.name, "parse")
 
     async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
@@ -331,10 +335,9 @@ async def reconstruct(request: Request) -> Response:
             ["labels"],
             f"model {model.name} is class-conditional: give a class index or name (per row or for all)",
         )
-    if model.manifest.family == "pixelcnn" and len(x) > settings.pixelcnn_max_samples:
-        raise InvalidInputError.field(
-            ["inputs"], f"at most {settings.pixelcnn_max_samples} rows for pixelcnn completion"
-        )
+    pixelcnn_rows = min(settings.max_samples, settings.pixelcnn_max_samples)
+    if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
+        raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
     seed = req.seed if req.seed is not None else secrets.randbits(63)
     stages.done(model.name, "parse")
     result = await guarded(

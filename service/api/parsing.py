@@ -183,7 +183,9 @@ def resolve_labels(
     items = labels if isinstance(labels, list) else [labels] * rows
     if len(items) != rows:
         raise InvalidInputError.field(
-            ["labels"], f"has {len(items)} entries for {rows} rows (give 1 or {rows})"
+            ["labels"],
+            f"has {len(items)} entries for {rows} row{'s' if rows > 1 else ''} "
+            + ("(give one)" if rows == 1 else f"(give 1 or {rows})"),
         )
     index = {name: i for i, name in enumerate(names)}
     out = np.empty(rows, dtype=np.int64)

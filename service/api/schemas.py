@@ -9,9 +9,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-Label = int | str
+# Strict: lax parsing turned `true` into class 1 and `3.0` into class 3.
+Label = StrictInt | StrictStr
 LabelsField = Label | list[Label] | None
 
 _SEED = Field(default=None, ge=0, le=2**63 - 1, description="Noise seed; the server picks one if absent.")

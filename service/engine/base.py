@@ -22,10 +22,29 @@ Arrays = dict[str, np.ndarray]
 IntImages = NDArray[np.int64]
 
 
-class GraphCaller(Protocol):
-    """Runs one graph of this model version on named inputs (batched along axis 0)."""
+# Work units (rows x estimator samples) per graph call. Larger requests are cut into calls
+# of at most this much work: it bounds one call's memory, and how long one call holds the
+# runtime, which every model shares (between calls, other requests get their turn, and a
+# cancelled request stops).
+MAX_CALL_UNITS = 4096
 
-    def __call__(self, graph: str, inputs: Mapping[str, np.ndarray]) -> Awaitable[Arrays]: ...
+
+class GraphCaller(Protocol):
+    """Runs one graph of this model version on named inputs (batched along axis 0).
+
+    `units` is the call's work when it is more than its rows (rows x importance samples);
+    the batcher merges calls up to a budget of units.
+    """
+
+    def __call__(
+        self, graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None
+    ) -> Awaitable[Arrays]: ...
+
+
+def row_chunks(rows: int, units_per_row: int = 1) -> list[slice]:
+    """Consecutive row ranges of at most MAX_CALL_UNITS work each (at least one row)."""
+    step = max(1, MAX_CALL_UNITS // max(1, units_per_row))
+    return [slice(a, min(rows, a + step)) for a in range(0, rows, step)]
 
 
 @dataclass
@@ -101,6 +120,7 @@ class Engine:
     family: str = ""
     can_score: bool = True
     can_reconstruct: bool = True
+    sampled_estimator: bool = True  # False: the likelihood is exact, importance_samples unused
 
     def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
         self.manifest = manifest
@@ -110,7 +130,8 @@ class Engine:
         self.shape = manifest.dataset.shape
         self.conditional = manifest.conditioning.conditional
         prior = manifest.conditioning.class_prior
-        self.log_prior = None if prior is None else np.log(np.asarray(prior, dtype=np.float64))
+        with np.errstate(divide="ignore"):  # a class without training examples: log 0 = -inf
+            self.log_prior = None if prior is None else np.log(np.asarray(prior, dtype=np.float64))
 
     # --- helpers ---------------------------------------------------------------------------
     def feeds(self, data: Mapping[str, np.ndarray], labels: np.ndarray | None) -> Arrays:
@@ -148,6 +169,12 @@ class Engine:
         """Human-readable name of the likelihood estimator."""
         return "exact"
 
+    async def call_rows(self, graph: str, feeds: Mapping[str, np.ndarray]) -> Arrays:
+        """One graph over many rows, as calls of at most MAX_CALL_UNITS rows."""
+        rows = len(next(iter(feeds.values())))
+        parts = [await self.call(graph, {k: v[p] for k, v in feeds.items()}) for p in row_chunks(rows)]
+        return parts[0] if len(parts) == 1 else {k: np.concatenate([o[k] for o in parts]) for k in parts[0]}
+
     async def log_likelihood(
         self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
     ) -> Likelihood:
@@ -155,8 +182,14 @@ class Engine:
         log p(x) = log Σ_y p(x | y) p(y) and the posterior p(y | x) (Bayes' rule)."""
         if self.conditional and labels is None:
             assert self.log_prior is not None
-            rows, labs = self.all_labels(len(x))
-            per = await self.conditional_log_likelihood(x[rows], labs, samples, seed)
+            classes = len(self.log_prior)
+            per_parts = []
+            # Row by row range: every row is scored under every label, and the copies
+            # of a whole 20,000-row request would not be small.
+            for part in row_chunks(len(x), classes):
+                rows, labs = self.all_labels(part.stop - part.start)
+                per_parts.append(await self.conditional_log_likelihood(x[part][rows], labs, samples, seed))
+            per = np.concatenate(per_parts)
             joint = per.reshape(len(x), -1) + self.log_prior[None, :]
             top = joint.max(axis=1, keepdims=True)
             marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
@@ -206,7 +239,7 @@ class Engine:
 def inline_caller(backend: Any) -> GraphCaller:
     """A GraphCaller that runs graphs directly on `backend` (offline use: calibration, tests)."""
 
-    async def call(graph: str, inputs: Mapping[str, np.ndarray]) -> Arrays:
+    async def call(graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None) -> Arrays:
         return backend.run(graph, inputs)
 
     return call

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Engine, IntImages, Reconstruction, discretize, noise_rng
+from .base import Engine, IntImages, Reconstruction, discretize, noise_rng, row_chunks
 
 
 class FlowEngine(Engine):
@@ -36,14 +36,17 @@ class FlowEngine(Engine):
         """log (1/S) Σ_s p(x + u_s): a lower bound on log P(x) that tightens as S grows
         (S = 1 is the plain bound E_u log p(x + u)). The S draws are shared by all rows."""
         u = noise_rng(seed).random((samples, *self.shape), dtype=np.float32)  # [S, C, H, W]
-        B = len(x)
-        xs = x.astype(np.float32)
-        rows = (xs[None] + u[:, None]).reshape(samples * B, *self.shape)  # s-major
-        labs = None if labels is None else np.tile(labels, samples)
-        lp = (await self.call("log_prob", self.feeds({"x": rows}, labs)))["log_prob"]
-        lp = lp.astype(np.float64).reshape(samples, B)
-        top = lp.max(axis=0)
-        return top + np.log(np.exp(lp - top).mean(axis=0)) if samples > 1 else lp[0]
+        out = np.empty(len(x), dtype=np.float64)
+        for part in row_chunks(len(x), samples):  # S dequantized copies of each row
+            xs = x[part].astype(np.float32)
+            B = len(xs)
+            rows = (xs[None] + u[:, None]).reshape(samples * B, *self.shape)  # s-major
+            labs = None if labels is None else np.tile(labels[part], samples)
+            lp = (await self.call("log_prob", self.feeds({"x": rows}, labs)))["log_prob"]
+            lp = lp.astype(np.float64).reshape(samples, B)
+            top = lp.max(axis=0)
+            out[part] = top + np.log(np.exp(lp - top).mean(axis=0)) if samples > 1 else lp[0]
+        return out
 
     async def reconstruct(
         self,
@@ -55,8 +58,8 @@ class FlowEngine(Engine):
         """z = f(x + ½) (bin centres, deterministic) and its inverse f^-1(z)."""
         self.check_mask_unsupported(mask)
         centred = x.astype(np.float32) + np.float32(0.5)
-        z = (await self.call("forward", self.feeds({"x": centred}, labels)))["z"]
-        back = (await self.call("inverse", self.feeds({"z": z}, labels)))["x"]
+        z = (await self.call_rows("forward", self.feeds({"x": centred}, labels)))["z"]
+        back = (await self.call_rows("inverse", self.feeds({"z": z}, labels)))["x"]
         return Reconstruction(
             {"reconstruction": discretize(back, self.levels), "latent": z.astype(np.float32)},
             "latent z = f(x + 0.5), standard normal under the model; reconstruction = floor(f^-1(z))",

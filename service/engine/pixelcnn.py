@@ -12,6 +12,7 @@ from .base import (
     Reconstruction,
     categorical_from_uniform,
     log_softmax,
+    row_chunks,
 )
 
 
@@ -19,6 +20,7 @@ class PixelCNNEngine(Engine):
     """Ancestral sampling in raster order (rows, columns, channels), one graph call per step."""
 
     family = "pixelcnn"
+    sampled_estimator = False
 
     def estimator(self, samples: int) -> str:
         return "exact"
@@ -27,10 +29,14 @@ class PixelCNNEngine(Engine):
         self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
     ) -> NDArray[np.float64]:
         """Σ_i log p(x_i | x_<i, y), exact."""
-        logits = (await self.call("logits", self.feeds({"x": x.astype(np.float32)}, labels)))["logits"]
-        logp = log_softmax(logits)  # [B, C, H, W, K]
-        picked = np.take_along_axis(logp, x[..., None], axis=-1)[..., 0]
-        return picked.reshape(len(x), -1).sum(axis=1)
+        out = np.empty(len(x), dtype=np.float64)
+        for part in row_chunks(len(x)):
+            xb = x[part]
+            feeds = self.feeds({"x": xb.astype(np.float32)}, None if labels is None else labels[part])
+            logp = log_softmax((await self.call("logits", feeds))["logits"])  # [B, C, H, W, K]
+            picked = np.take_along_axis(logp, xb[..., None], axis=-1)[..., 0]
+            out[part] = picked.reshape(len(xb), -1).sum(axis=1)
+        return out
 
     async def _fill(
         self,

@@ -14,10 +14,8 @@ from .base import (
     categorical_from_uniform,
     log_softmax,
     noise_rng,
+    row_chunks,
 )
-
-# Decoder passes per graph call when scoring: rows × importance samples.
-_MAX_DECODES = 8192
 
 
 class VAEEngine(Engine):
@@ -50,18 +48,16 @@ class VAEEngine(Engine):
     ) -> NDArray[np.float64]:
         """log (1/K) Σ_k p(x, z_k) / q(z_k | x); the K noise draws are shared by all rows."""
         eps = noise_rng(seed).standard_normal((samples, self.latent_dim), dtype=np.float32)
-        rows = max(1, _MAX_DECODES // samples)
         out = np.empty(len(x), dtype=np.float64)
-        for start in range(0, len(x), rows):
-            xb = x[start : start + rows].astype(np.float32)
+        for part in row_chunks(len(x), samples):  # one decoder pass per row and sample
+            xb = x[part].astype(np.float32)
             eb = np.broadcast_to(eps, (len(xb), samples, self.latent_dim)).copy()
-            lb = None if labels is None else labels[start : start + rows]
-            logw = (await self.call("log_weights", self.feeds({"x": xb, "eps": eb}, lb)))["log_w"]
+            lb = None if labels is None else labels[part]
+            feeds = self.feeds({"x": xb, "eps": eb}, lb)
+            logw = (await self.call("log_weights", feeds, units=len(xb) * samples))["log_w"]
             logw = logw.astype(np.float64)
             top = logw.max(axis=1)
-            out[start : start + len(xb)] = (
-                top + np.log(np.exp(logw - top[:, None]).sum(axis=1)) - math.log(samples)
-            )
+            out[part] = top + np.log(np.exp(logw - top[:, None]).sum(axis=1)) - math.log(samples)
         return out
 
     async def reconstruct(
@@ -73,8 +69,8 @@ class VAEEngine(Engine):
     ) -> Reconstruction:
         """decode(encode(x)) at the posterior mean: the most probable level per pixel."""
         self.check_mask_unsupported(mask)
-        enc = await self.call("encode", self.feeds({"x": x.astype(np.float32)}, labels))
-        logits = (await self.call("decode", self.feeds({"z": enc["mu"]}, labels)))["logits"]
+        enc = await self.call_rows("encode", self.feeds({"x": x.astype(np.float32)}, labels))
+        logits = (await self.call_rows("decode", self.feeds({"z": enc["mu"]}, labels)))["logits"]
         probs = np.exp(log_softmax(logits))
         mean = (probs * np.arange(self.levels)).sum(axis=-1)
         return Reconstruction(

@@ -81,9 +81,9 @@ class Server:
             time.sleep(0.1)
         raise AssertionError(f"{path} did not answer {status} within {timeout}s:\n{self.log()}")
 
-    def terminate(self) -> None:
+    def terminate(self, sig: int = signal.SIGTERM) -> None:
         assert self.proc is not None
-        self.proc.send_signal(signal.SIGTERM)
+        self.proc.send_signal(sig)
 
     def wait(self, timeout: float) -> int:
         assert self.proc is not None

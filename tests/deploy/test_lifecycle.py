@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -98,47 +99,62 @@ def test_sigterm_drains_in_flight_requests_then_exits_zero(draining_server: Serv
     assert "model(s) unloaded" in log
 
 
-def test_grace_period_bounds_the_drain(tiny_store: Path, tmp_path: Path) -> None:
-    """A request that outlives the grace period is stopped and answered 503 with Retry-After
-    (not uvicorn's bare 500 for a cancelled request); the process still exits 0."""
+@pytest.mark.parametrize(
+    ("grace", "signals"),
+    [
+        ("1", (signal.SIGTERM,)),  # the grace period runs out
+        ("30", (signal.SIGINT, signal.SIGINT)),  # a second Ctrl+C ends it early
+    ],
+)
+def test_grace_period_bounds_the_drain(
+    tiny_store: Path, tmp_path: Path, grace: str, signals: tuple[int, ...]
+) -> None:
+    """Requests that outlive the drain are stopped and answered 503 with Retry-After (not
+    uvicorn's bare 500 for a cancelled request), several at once, some of them waiting in
+    the batcher's queue behind others; the process still exits 0."""
     server = Server(
         tiny_store,
         tmp_path / "server.log",
         env={
             **models_env("pixelcnn-digits"),
             "GENSERVE_MAX_DELAY_MS": "200",  # 64 steps: about 13 s per sample
-            "GENSERVE_GRACE_PERIOD_S": "1",
+            "GENSERVE_GRACE_PERIOD_S": grace,
         },
     ).start()
     try:
         server.wait_until("/health/ready", 200)
         outcome: list[Any] = []
 
-        def doomed() -> None:
-            body = {"model": "pixelcnn-digits", "n": 1, "labels": 1}
+        def doomed(label: int) -> None:
+            body = {"model": "pixelcnn-digits", "n": 1 + label, "labels": label}
             try:
                 outcome.append(httpx.post(f"{server.url}/sample", json=body, timeout=30))
             except httpx.TransportError as exc:
                 outcome.append(exc)
 
-        t = threading.Thread(target=doomed)
-        t.start()
-        while metric(server.url, "genserve_inflight_requests") < 1:
+        threads = [threading.Thread(target=doomed, args=(i,)) for i in range(3)]
+        for t in threads:
+            t.start()
+        while metric(server.url, "genserve_inflight_requests") < 3:
             time.sleep(0.02)
-        server.terminate()
         signalled = time.monotonic()
+        for sig in signals:
+            server.terminate(sig)
+            time.sleep(0.3)
         assert server.wait(timeout=15) == 0, server.log()
-        # grace (1 s) + uvicorn's bounded close (3 s) + unloading
+        # grace (1 s, or the second Ctrl+C) + the answers' second + unloading
         assert time.monotonic() - signalled < 8
-        t.join(timeout=30)
-        assert outcome and isinstance(outcome[0], httpx.Response), outcome
-        r = outcome[0]
-        assert r.status_code == 503, r.text
-        assert r.headers["content-type"] == "application/problem+json"
-        assert r.json()["type"] == "urn:genserve:problem:shutting-down"
-        assert r.headers["retry-after"] == "2"
+        for t in threads:
+            t.join(timeout=30)
+        assert len(outcome) == 3 and all(isinstance(r, httpx.Response) for r in outcome), outcome
+        for r in outcome:
+            assert r.status_code == 503, r.text
+            assert r.headers["content-type"] == "application/problem+json"
+            assert r.json()["type"] == "urn:genserve:problem:shutting-down"
+            assert r.headers["retry-after"] == "2"
         log = server.log()
-        assert "grace period of 1s is over with 1 request(s) still running" in log
+        assert "is over with 3 request(s) still running" in log
+        assert "models unloaded" in log or "model(s) unloaded" in log, log
         assert "Exception in ASGI application" not in log and "Traceback" not in log, log
     finally:
         server.kill()

@@ -18,7 +18,7 @@ from tests.deploy.procs import NGINX_TEMPLATE, NGINX_UPSTREAMS, REPO, render_tem
 
 PROFILES = ["", "train", "gpu", "scale"]
 K8S = REPO / "deploy" / "k8s"
-MEASURED_PEAK_RSS_MIB = 2600  # docs/deploy.md, "Memory"
+MEASURED_PEAK_RSS_MIB = 1902  # docs/deploy.md, "Memory"
 
 
 def _duration_s(text: str) -> float:

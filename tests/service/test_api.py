@@ -607,6 +607,64 @@ def test_an_unreadable_store_leaves_the_server_live_not_ready(
     assert "Permission denied" in failures["store"], failures
 
 
+@pytest.mark.parametrize("label", [True, 3.0, [1, False]])
+def test_labels_are_indices_or_names_not_booleans_or_floats(client: Client, label: Any) -> None:
+    # lax parsing once turned `true` into class 1 and `3.0` into class 3
+    r = client.post("/sample", json={"model": "vae-digits", "n": 2, "labels": label})
+    assert_problem(r, 422, "labels")
+
+
+def test_one_row_with_two_labels_says_give_one(client: Client, digits: np.ndarray) -> None:
+    r = client.post_npy("/log-likelihood?model=vae-digits&labels=1,2", digits[:1].astype(np.uint8))
+    assert "has 2 entries for 1 row (give one)" in assert_problem(r, 422, "labels")["detail"]
+
+
+def test_an_exact_likelihood_reports_no_importance_samples(client: Client, digits: np.ndarray) -> None:
+    body = {"model": "pixelcnn-digits", "inputs": digits[:2].tolist(), "labels": 1, "importance_samples": 999}
+    out = client.post("/log-likelihood", json=body).json()
+    assert (out["estimator"], out["importance_samples"]) == ("exact", 1)
+
+
+def test_max_samples_caps_pixelcnn_too(tiny_store: Path) -> None:
+    c = Client(Settings(model_store=tiny_store, models=["pixelcnn-digits"], max_samples=5))
+    try:
+        assert_problem(c.post("/sample", json={"model": "pixelcnn-digits", "n": 6}), 422, "n")
+        assert c.post("/sample", json={"model": "pixelcnn-digits", "n": 5}).status_code == 200
+    finally:
+        c.close()
+
+
+def test_a_client_leaving_mid_upload_is_a_499_not_a_server_error(client: Client) -> None:
+    """The body never arrives: a network event, answered (for the logs and metrics) 499."""
+    sent: list[dict[str, Any]] = []
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "path": "/log-likelihood",
+        "raw_path": b"/log-likelihood",
+        "query_string": b"",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", b"100000")],
+        "client": ("127.0.0.1", 1),
+        "server": ("127.0.0.1", 80),
+        "scheme": "http",
+        "root_path": "",
+        "state": {},
+    }
+    chunks = iter([{"type": "http.request", "body": b'{"model": "va', "more_body": True}])
+
+    async def receive() -> dict[str, Any]:
+        return next(chunks, {"type": "http.disconnect"})
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    client.loop.run_until_complete(client.app(scope, receive, send))
+    assert sent[0]["status"] == 499
+    assert 'endpoint="/log-likelihood",model="-",status="499"' in client.get("/metrics").text
+
+
 def test_body_and_output_size_limits(tiny_store: Path) -> None:
     c = Client(Settings(model_store=tiny_store, max_body_bytes=2048, max_output_values=640, max_rows=5))
     try:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
+import service.app  # noqa: F401  (defines every error type the API raises, e.g. ClientGoneError)
 from service import errors
 from service.api.schemas import LogLikelihoodRequest, ReconstructRequest, SampleRequest
 

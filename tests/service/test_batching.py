@@ -183,6 +183,47 @@ def test_cancelled_waiting_call_frees_its_slot() -> None:
     asyncio.run(main())
 
 
+def test_cancelling_a_call_queued_behind_another_frees_it() -> None:
+    # A queued call used to be found with ==, which compared the numpy inputs of the calls
+    # ahead of it and raised: the grace-period end answered 500s and the call still ran.
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.1)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend, BatchLimits(max_batch=2))
+        running = asyncio.ensure_future(call("g", {"x": np.ones((2, 3))}))
+        await asyncio.sleep(0.02)
+        ahead = asyncio.ensure_future(call("g", {"x": np.full((2, 3), 5.0)}))
+        doomed = asyncio.ensure_future(call("g", {"x": np.full((2, 3), 7.0)}))
+        await asyncio.sleep(0.01)
+        doomed.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        assert batcher.queued("m/v1") == 1
+        assert (await ahead)["y"][0, 0] == 10.0
+        await running
+        assert not any((b == 7.0).any() for b in backend.batches)
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_calls_merge_by_work_units_not_rows() -> None:
+    # A VAE scoring row carries K importance samples: rows alone let merged batches grow
+    # K times past the budget.
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.05)
+        batcher = Batcher()
+        call = batcher.caller("m/v1", backend, BatchLimits(max_batch=64))
+        blocker = asyncio.ensure_future(call("g", {"x": np.ones((1, 1))}))
+        await asyncio.sleep(0.01)
+        heavy = [asyncio.ensure_future(call("g", {"x": np.ones((2, 1))}, units=32)) for _ in range(4)]
+        await asyncio.gather(blocker, *heavy)
+        assert [len(b) for b in backend.batches] == [1, 4, 4]  # 2 calls of 32 units per batch
+        await batcher.close()
+
+    asyncio.run(main())
+
+
 class FakeRequest:
     """Just enough of a Starlette request for guarded(): the receive channel delivers
     `http.disconnect` after `after` seconds (never when None), as an ASGI server does once

@@ -82,3 +82,16 @@ def test_every_setting_is_in_the_operators_table() -> None:
     rows = [line for line in doc.splitlines() if line.startswith("| `GENSERVE_")]
     documented = [row.split("`")[1] for row in rows]
     assert sorted(documented) == sorted(f"GENSERVE_{name.upper()}" for name in Settings.model_fields)
+
+
+def test_an_unknown_genserve_variable_is_a_typo_not_ignored(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("GENSERVE_MAX_SAMPLE", "5")
+    with pytest.raises(
+        ConfigError, match=r"unknown setting: GENSERVE_MAX_SAMPLE \(did you mean GENSERVE_MAX_SAMPLES\?\)"
+    ):
+        load_settings(model_store=tmp_path)
+    monkeypatch.delenv("GENSERVE_MAX_SAMPLE")
+    monkeypatch.setenv("GENSERVE_UPSTREAMS", "/etc/nginx/x.conf")  # the compose load balancer's
+    assert load_settings(model_store=tmp_path).max_samples == 1024

@@ -2,10 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Mapping
+from pathlib import Path
+
 import numpy as np
 import pytest
 
-from service.engine.base import _LEVEL_MAJOR_DRAWS, categorical_from_uniform
+from service.engine import base as engine_base
+from service.engine import build_engine
+from service.engine.base import _LEVEL_MAJOR_DRAWS, Arrays, categorical_from_uniform, inline_caller
+from service.runtime import load_backend
+from service.store import ModelStore
+from training.data import load_dataset
 
 
 def reference_draw(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -42,3 +51,48 @@ def test_categorical_draws_have_the_softmax_frequencies(n: int) -> None:
     freq = np.bincount(draws, minlength=4) / len(draws)
     # 200,000 draws: the standard error of each frequency is at most 0.0012
     np.testing.assert_allclose(freq, [0.5, 0.3, 0.15, 0.05], atol=0.005)
+
+
+# --- large requests: bounded graph calls, the same answers ------------------------------
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["flow", "vae", "pixelcnn"])
+def test_large_requests_are_cut_into_bounded_calls_with_the_same_answers(
+    family: str, tiny_store: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every graph call carries at most MAX_CALL_UNITS of work (rows x estimator samples),
+    so one request can neither allocate without bound nor hold the shared runtime for its
+    whole length; the answers equal one call's."""
+    version = ModelStore(tiny_store).open(f"{family}-digits")
+    backend = load_backend(version, "onnxruntime", "cpu", 1)
+    sizes: list[int] = []
+    inline = inline_caller(backend)
+
+    async def counting(graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None) -> Arrays:
+        sizes.append(units or len(next(iter(inputs.values()))))
+        return await inline(graph, inputs)
+
+    engine = build_engine(version.manifest, counting)
+    x = load_dataset("digits").x[:7]
+    labels = np.arange(7) % 10
+    samples = 4 if family != "pixelcnn" else 1
+
+    def answers() -> tuple[np.ndarray, ...]:
+        marginal = asyncio.run(engine.log_likelihood(x, None, samples, seed=3))
+        labelled = asyncio.run(engine.log_likelihood(x, labels, samples, seed=3))
+        assert marginal.log_posterior is not None
+        out = [marginal.log_likelihood, marginal.log_posterior, labelled.log_likelihood]
+        if family != "pixelcnn":
+            rec = asyncio.run(engine.reconstruct(x, labels, None, np.random.default_rng(0)))
+            out += list(rec.arrays.values())
+        return tuple(out)
+
+    whole = answers()
+    sizes.clear()
+    monkeypatch.setattr(engine_base, "MAX_CALL_UNITS", 8)
+    cut = answers()
+    assert max(sizes) <= 8, sizes
+    for a, b in zip(whole, cut, strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-5)
+    backend.close()

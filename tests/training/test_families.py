@@ -93,7 +93,7 @@ def test_conditional_model_requires_labels_and_labelled_data() -> None:
     with pytest.raises(ValueError, match="labels are required"):
         model.log_likelihood(x, None)
     unlabelled = DatasetSpec(name="u", shape=(1, 4, 4), levels=5)
-    with pytest.raises(ValueError, match="needs labels of at least two classes; .u. has no labels"):
+    with pytest.raises(ValueError, match=r"needs labels of at least two classes; .u. has no labels"):
         build_model("vae", unlabelled, True, TINY["vae"])
 
 
