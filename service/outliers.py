@@ -318,7 +318,7 @@ async def outlier_results(
     cal = manifest.calibration
     if cal is None:
         return [{} for _ in range(len(x))]
-    chosen = method or cal.default_method
+    chosen = cal.default_method if method is None else method  # "" is a mistake, not "default"
     if chosen not in cal.scores or chosen not in METHODS:
         known = ", ".join(sorted(m for m in cal.scores if m in METHODS))
         raise InvalidInputError.field(["outlier_method"], f"unknown method (this model has: {known})")

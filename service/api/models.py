@@ -6,6 +6,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, Request
 
+from ..config import Settings
 from ..outliers import METHODS
 from ..registry import LoadedModel, Registry
 from .generate import PROBLEMS
@@ -42,6 +43,24 @@ def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
         "device": model.backend.device,
         "lanes": model.backend.lanes,
     }
+
+
+def request_limits(settings: Settings, family: str) -> dict[str, Any]:
+    """What this server accepts for the model: the caps a client would otherwise learn from a 4xx."""
+    samples = settings.max_samples
+    if family == "pixelcnn":
+        samples = min(samples, settings.pixelcnn_max_samples)
+    limits: dict[str, Any] = {
+        "max_samples": samples,
+        "max_rows": settings.max_rows,
+        "max_importance_samples": settings.max_importance_samples,
+        "max_output_values": settings.max_output_values,
+        "max_body_bytes": settings.max_body_bytes,
+        "request_timeout_s": settings.request_timeout_s,
+    }
+    if family == "pixelcnn":  # a completion samples every missing pixel: the sampling cap
+        limits["max_completion_rows"] = samples
+    return limits
 
 
 def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
@@ -126,6 +145,7 @@ async def get_model(
                 "selected_by": "not recorded (store built before selection)",
             }
         ),
+        "limits": request_limits(request.app.state.settings, m.family),
         "evaluation": m.evaluation,
         "outlier_detection": outlier_description(model),
         "training": m.training.model_dump(),

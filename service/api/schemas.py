@@ -179,6 +179,10 @@ class ModelDetail(ModelSummary):
     estimator: str
     default_samples: int
     sampling: dict[str, Any] = Field(description="Default sampling temperature and how it was chosen.")
+    limits: dict[str, Any] = Field(
+        description="What this server accepts for the model: largest n, rows per request (and per "
+        "PixelCNN completion), importance samples, numbers per answer, body bytes, deadline (s)."
+    )
     evaluation: dict[str, Any]
     outlier_detection: dict[str, Any] | None
     training: dict[str, Any]

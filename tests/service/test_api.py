@@ -79,6 +79,17 @@ def test_health_and_models(client: Client) -> None:
     assert listed[model("vae")]["capabilities"] == ["sample", "log-likelihood", "reconstruct"]
     detail = client.get(f"/models/{model('pixelcnn')}").json()
     assert detail["outlier_detection"]["calibration"]["size"] > 100
+    # the caps a client would otherwise learn from a 4xx (PixelCNN: its lower sampling cap)
+    assert detail["limits"] == {
+        "max_samples": 256,
+        "max_rows": 20_000,
+        "max_completion_rows": 256,
+        "max_importance_samples": 4096,
+        "max_output_values": 20_000_000,
+        "max_body_bytes": 64 * 1024 * 1024,
+        "request_timeout_s": 120.0,
+    }
+    assert client.get(f"/models/{model('vae')}").json()["limits"]["max_samples"] == 1024
     assert "test_bpd" in detail["evaluation"]
     assert_problem(client.get("/models/nope"), 404)
 
@@ -617,6 +628,11 @@ def test_labels_are_indices_or_names_not_booleans_or_floats(client: Client, labe
 def test_one_row_with_two_labels_says_give_one(client: Client, digits: np.ndarray) -> None:
     r = client.post_npy("/log-likelihood?model=vae-digits&labels=1,2", digits[:1].astype(np.uint8))
     assert "has 2 entries for 1 row (give one)" in assert_problem(r, 422, "labels")["detail"]
+
+
+def test_an_empty_outlier_method_is_named_not_the_default(client: Client, digits: np.ndarray) -> None:
+    body = {"model": "vae-digits", "inputs": digits[:1].tolist(), "labels": 1, "outlier_method": ""}
+    assert_problem(client.post("/log-likelihood", json=body), 422, "outlier_method")
 
 
 def test_an_exact_likelihood_reports_no_importance_samples(client: Client, digits: np.ndarray) -> None:
