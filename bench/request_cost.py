@@ -13,7 +13,8 @@ the server's own work from it, in two measurements that do not depend on the mod
   are the real ones; the replay costs a hash of the inputs). What remains is parsing and
   validation, the engine's pre- and post-processing, the batcher and its thread
   hand-offs, outlier scoring, the response, and the middleware; split by the server's
-  own `genserve_stage_seconds` metric into parse, compute (of which the batcher's share)
+  own `genserve_stage_seconds` metric into parse, compute (of which the batcher's share,
+  from `genserve_graph_seconds`)
   and the rest (response and framework).
 - **the HTTP floor**: a FastAPI endpoint that reads the body and returns a constant,
   under the same uvicorn (uvloop, httptools), driven at concurrency 1 by bench.httpload:
@@ -77,14 +78,16 @@ def replayed_runtime() -> Iterator[None]:
 
 
 def _stage_sums(app: FastAPI, model: str) -> dict[str, float]:
-    """Seconds spent so far per (endpoint or graph, stage) for `model`, from /metrics' histogram
-    (the batcher labels its graphs with the model's version, `name/vN`)."""
+    """Seconds spent so far per (endpoint or graph, stage) for `model`, from /metrics'
+    request-stage histogram (`/sample/parse`, ...) and the batcher's graph histogram
+    (`decode/queue`, ...)."""
     out: dict[str, float] = {}
-    for family in app.state.metrics.stage.collect():
-        for s in family.samples:
-            owner = s.labels["model"]
-            if s.name.endswith("_sum") and (owner == model or owner.startswith(f"{model}/v")):
-                out[f"{s.labels['endpoint']}/{s.labels['stage']}"] = s.value
+    metrics = app.state.metrics
+    for histogram, key in ((metrics.stage, "endpoint"), (metrics.graph, "graph")):
+        for family in histogram.collect():
+            for s in family.samples:
+                if s.name.endswith("_sum") and s.labels["model"] == model:
+                    out[f"{s.labels[key]}/{s.labels['stage']}"] = s.value
     return out
 
 
@@ -141,7 +144,7 @@ async def serving_path(store: Path, model: str, path: str, body: bytes, requests
         after = _stage_sums(app, model)
     ms = 1000 * np.asarray(times)
     stages = {k: 1000 * (after[k] - before.get(k, 0.0)) / requests for k in after}
-    endpoint = path.strip("/")
+    endpoint = path
     parse, compute, serialize = (
         stages.get(f"{endpoint}/{s}", 0.0) for s in ("parse", "compute", "serialize")
     )

@@ -64,6 +64,12 @@ class _Queue:
     limits: BatchLimits
     calls: deque[_Call] = field(default_factory=deque)
 
+    @property
+    def labels(self) -> tuple[str, str]:
+        """(name, version) for metrics, from the caller's `name/vN` key."""
+        name, sep, version = self.model.rpartition("/v")
+        return (name, version) if sep else (self.model, "")
+
 
 class Batcher:
     """The scheduler in front of the runtimes: one batch at a time, its parts on the lanes."""
@@ -134,7 +140,7 @@ class Batcher:
         signature = tuple(sorted((k, v.shape[1:]) for k, v in inputs.items()))
         call = _Call(inputs, rows, units or rows, signature, loop.create_future(), time.perf_counter())
         queue.calls.append(call)
-        self._waiting[queue.model] = self._waiting.get(queue.model, 0) + 1
+        self._count(queue, 1)
         assert self._wake is not None
         self._wake.set()
         try:
@@ -145,7 +151,13 @@ class Batcher:
             # free at once and the call is never computed.
             if call.future.cancelled() and call in queue.calls:
                 queue.calls.remove(call)
-                self._waiting[queue.model] -= 1
+                self._count(queue, -1)
+
+    def _count(self, queue: _Queue, delta: int) -> None:
+        """Calls waiting for the queue's model version: the overload check and a gauge."""
+        waiting = self._waiting[queue.model] = self._waiting.get(queue.model, 0) + delta
+        if self._metrics is not None:
+            self._metrics.queue_depth.labels(*queue.labels).set(waiting)
 
     async def _execute(
         self, backend: Backend, graph: str, feeds: Mapping[str, np.ndarray], max_batch: int
@@ -184,7 +196,7 @@ class Batcher:
             else:
                 keep.append(c)
         q.calls = keep
-        self._waiting[q.model] -= len(batch)
+        self._count(q, -len(batch))
         return batch
 
     async def _schedule(self) -> None:
@@ -221,8 +233,8 @@ class Batcher:
                     c.future.set_result({k: v[start : start + c.rows] for k, v in outs.items()})
                 start += c.rows
                 if self._metrics is not None:
-                    self._metrics.stage.labels(q.model, q.graph, "queue").observe(started - c.enqueued)
-                    self._metrics.stage.labels(q.model, q.graph, "compute").observe(done - started)
+                    self._metrics.graph.labels(*q.labels, q.graph, "queue").observe(started - c.enqueued)
+                    self._metrics.graph.labels(*q.labels, q.graph, "compute").observe(done - started)
             if self._oldest() is None:
                 # Nothing waiting: let the callers whose results just arrived queue their
                 # next step (PixelCNN loops) before the next batch is formed, so that

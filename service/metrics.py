@@ -29,12 +29,25 @@ class Metrics:
         )
         self.stage = Histogram(
             "genserve_stage_seconds",
-            "Time per request stage. Endpoints: parse (body, validation), compute (engine work, "
-            "batcher queue included), serialize (the response body). Graphs (the batcher): "
-            "queue (waiting for a batch) and compute (the batch's runtime call). A request "
-            "that fails part-way records only the stages it finished.",
-            ["model", "endpoint", "stage"],
+            "Time per request stage: parse (body, validation), compute (engine work, batcher "
+            "queue included), serialize (the response body). A request that fails part-way "
+            "records only the stages it finished.",
+            ["model", "version", "endpoint", "stage"],
             buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.graph = Histogram(
+            "genserve_graph_seconds",
+            "Time per graph call in the batcher: queue (waiting for its batch) and compute (the "
+            "batch's runtime call). A request makes one or many graph calls.",
+            ["model", "version", "graph", "stage"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.queue_depth = Gauge(
+            "genserve_queue_depth",
+            "Graph calls waiting in the batcher, per model version (503 overloaded at max_queue).",
+            ["model", "version"],
             registry=self.registry,
         )
         self.samples = Counter("genserve_samples", "Samples produced.", ["model"], registry=self.registry)
@@ -71,8 +84,8 @@ class StageTimer:
         self._endpoint = endpoint
         self._last = time.perf_counter()
 
-    def done(self, model: str, stage: str) -> None:
+    def done(self, model: str, version: int, stage: str) -> None:
         """Close `stage` now and start the next one."""
         now = time.perf_counter()
-        self._metrics.stage.labels(model, self._endpoint, stage).observe(now - self._last)
+        self._metrics.stage.labels(model, str(version), self._endpoint, stage).observe(now - self._last)
         self._last = now

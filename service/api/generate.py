@@ -131,7 +131,7 @@ def _npy_bytes(arr: np.ndarray) -> bytes:
 async def sample(request: Request) -> Response:
     """Samples in data units (JSON), as a labelled PNG grid, or as .npy; with the seed used."""
     settings = request.app.state.settings
-    stages = StageTimer(request.app.state.metrics, "sample")
+    stages = StageTimer(request.app.state.metrics, "/sample")
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
@@ -150,17 +150,17 @@ async def sample(request: Request) -> Response:
         # so the samples follow p(x) = Σ_y p(x|y) p(y); the labels used are returned.
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
-    stages.done(model.name, "parse")
+    stages.done(model.name, model.version.version, "parse")
     samples = await guarded(
         request,
         engine.sample(req.n, labels, rng, temperature),
         _timeout(request, req),
         lifecycle=request.app.state.lifecycle,
     )
-    stages.done(model.name, "compute")
+    stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
     response = _sample_response(model, req.format, samples, labels, seed, temperature)
-    stages.done(model.name, "serialize")
+    stages.done(model.name, model.version.version, "serialize")
     return response
 
 
@@ -236,7 +236,7 @@ async def log_likelihood(request: Request) -> Response:
     """Per row: log-likelihood (nats), bits/dim, and an outlier verdict; for a conditional
     model given no labels, the marginal over labels and the posterior p(y|x)."""
     settings = request.app.state.settings
-    stages = StageTimer(request.app.state.metrics, "log-likelihood")
+    stages = StageTimer(request.app.state.metrics, "/log-likelihood")
     req, raw = await _inputs_and_params(request, LogLikelihoodRequest)
     model = _model_for(request, req.model, req.version)
     spec, engine, manifest = model.manifest.dataset, model.engine, model.manifest
@@ -251,7 +251,7 @@ async def log_likelihood(request: Request) -> Response:
         )
     if not engine.sampled_estimator:  # exact: the answer says what was used, not what was asked
         samples = 1
-    stages.done(model.name, "parse")
+    stages.done(model.name, model.version.version, "parse")
 
     async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
         ll = await engine.log_likelihood(x, labels, samples, req.seed)
@@ -272,7 +272,7 @@ async def log_likelihood(request: Request) -> Response:
     ll, outliers = await guarded(
         request, score(), _timeout(request, req), lifecycle=request.app.state.lifecycle
     )
-    stages.done(model.name, "compute")
+    stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
     bpd = engine.bits_per_dim(ll.log_likelihood)
     names = spec.label_names or []
@@ -298,7 +298,7 @@ async def log_likelihood(request: Request) -> Response:
             "results": rows,
         }
     )
-    stages.done(model.name, "serialize")
+    stages.done(model.name, model.version.version, "serialize")
     return response
 
 
@@ -321,7 +321,7 @@ async def reconstruct(request: Request) -> Response:
     """VAE: decode(encode(x)) and the latent; flow: the latent and its inverse; PixelCNN:
     the pixels where `mask` is 0 sampled given the known ones (seeded)."""
     settings = request.app.state.settings
-    stages = StageTimer(request.app.state.metrics, "reconstruct")
+    stages = StageTimer(request.app.state.metrics, "/reconstruct")
     req, raw = await _inputs_and_params(request, ReconstructRequest)
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
@@ -339,14 +339,14 @@ async def reconstruct(request: Request) -> Response:
     if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
         raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
     seed = req.seed if req.seed is not None else secrets.randbits(63)
-    stages.done(model.name, "parse")
+    stages.done(model.name, model.version.version, "parse")
     result = await guarded(
         request,
         engine.reconstruct(x, labels, mask, noise_rng(seed)),
         _timeout(request, req),
         lifecycle=request.app.state.lifecycle,
     )
-    stages.done(model.name, "compute")
+    stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
     response = _json(
         {
@@ -358,5 +358,5 @@ async def reconstruct(request: Request) -> Response:
             "outputs": result.arrays,
         }
     )
-    stages.done(model.name, "serialize")
+    stages.done(model.name, model.version.version, "serialize")
     return response

@@ -103,25 +103,35 @@ def test_metrics_exposes_requests_and_models(client: Client) -> None:
     assert "genserve_request_latency_seconds_bucket" in text
 
 
-def test_metrics_break_each_endpoint_into_stages(client: Client, digits: np.ndarray) -> None:
-    """parse, compute and serialize per endpoint; queue and compute per graph (the batcher)."""
-    client.post("/sample", json={"model": model("vae"), "n": 2, "labels": 1, "format": "png"})
-    client.post("/log-likelihood", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
-    client.post("/reconstruct", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
-    counts = {}
-    for line in client.get("/metrics").text.splitlines():
-        if line.startswith("genserve_stage_seconds_count") and 'model="vae-digits' in line:
+def _counts(text: str, metric: str, key: str) -> dict[tuple[str, str], float]:
+    """(key label, stage) -> count of a histogram's vae-digits series on /metrics."""
+    out = {}
+    for line in text.splitlines():
+        if line.startswith(f"{metric}_count") and 'model="vae-digits"' in line:
             labels = dict(
                 part.split("=", 1) for part in line[line.index("{") + 1 : line.index("}")].split(",")
             )
-            counts[(labels["endpoint"].strip('"'), labels["stage"].strip('"'))] = float(
-                line.rsplit(" ", 1)[1]
-            )
-    for endpoint in ("sample", "log-likelihood", "reconstruct"):
+            out[(labels[key].strip('"'), labels["stage"].strip('"'))] = float(line.rsplit(" ", 1)[1])
+    return out
+
+
+def test_metrics_break_each_endpoint_into_stages(client: Client, digits: np.ndarray) -> None:
+    """parse, compute and serialize per endpoint; queue and compute per graph (the batcher),
+    in two histograms, so that neither double counts the other."""
+    client.post("/sample", json={"model": model("vae"), "n": 2, "labels": 1, "format": "png"})
+    client.post("/log-likelihood", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
+    client.post("/reconstruct", json={"model": model("vae"), "inputs": digits[:2].tolist(), "labels": 1})
+    text = client.get("/metrics").text
+    stages = _counts(text, "genserve_stage_seconds", "endpoint")
+    for endpoint in ("/sample", "/log-likelihood", "/reconstruct"):
         for stage in ("parse", "compute", "serialize"):
-            assert counts.get((endpoint, stage), 0) >= 1, (endpoint, stage, counts)
+            assert stages.get((endpoint, stage), 0) >= 1, (endpoint, stage, stages)
+    assert all(stage in ("parse", "compute", "serialize") for _, stage in stages)
+    graphs = _counts(text, "genserve_graph_seconds", "graph")
     for graph in ("decode", "log_weights", "encode"):
-        assert counts.get((graph, "queue"), 0) >= 1 and counts.get((graph, "compute"), 0) >= 1, graph
+        assert graphs.get((graph, "queue"), 0) >= 1 and graphs.get((graph, "compute"), 0) >= 1, graph
+    assert 'genserve_graph_seconds_count{graph="decode",model="vae-digits",stage="queue",version="1"}' in text
+    assert 'genserve_queue_depth{model="vae-digits",version="1"} 0.0' in text
 
 
 # --- /sample ---------------------------------------------------------------------------
@@ -765,10 +775,10 @@ def real_server(tiny_store: Path) -> Iterator[str]:
 
 
 def _logits_batches(url: str) -> float:
-    """Batched PixelCNN `logits` calls so far, from the stage histogram on /metrics."""
+    """Batched PixelCNN `logits` calls so far, from the graph histogram on /metrics."""
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        wanted = 'endpoint="logits"' in line and 'stage="compute"' in line
-        if line.startswith("genserve_stage_seconds_count") and wanted:
+        wanted = 'graph="logits"' in line and 'stage="compute"' in line
+        if line.startswith("genserve_graph_seconds_count") and wanted:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
 
