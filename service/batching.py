@@ -63,12 +63,11 @@ class _Queue:
     backend: Backend
     limits: BatchLimits
     calls: deque[_Call] = field(default_factory=deque)
+    labels: tuple[str, str] = field(init=False)  # (name, version) for metrics
 
-    @property
-    def labels(self) -> tuple[str, str]:
-        """(name, version) for metrics, from the caller's `name/vN` key."""
-        name, sep, version = self.model.rpartition("/v")
-        return (name, version) if sep else (self.model, "")
+    def __post_init__(self) -> None:
+        name, sep, version = self.model.rpartition("/v")  # the caller's `name/vN` key
+        self.labels = (name, version) if sep else (self.model, "")
 
 
 class Batcher:

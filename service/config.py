@@ -146,6 +146,13 @@ class Settings(BaseSettings):
             raise ValueError("lists a model more than once")
         return value
 
+    def sample_cap(self, family: str) -> int:
+        """Largest `n` for /sample (and rows of a PixelCNN completion): the PixelCNN, one
+        graph call per pixel, has its own lower cap."""
+        if family == "pixelcnn":
+            return min(self.max_samples, self.pixelcnn_max_samples)
+        return self.max_samples
+
     @property
     def model_entries(self) -> list[ModelEntry] | None:
         """`models` parsed: which versions of which models to load (None: every model's latest)."""
@@ -164,9 +171,12 @@ class Settings(BaseSettings):
 NOT_SETTINGS = frozenset({"GENSERVE_BUILD_STORE", "GENSERVE_LB_PORT", "GENSERVE_UPSTREAMS"})
 
 
+SETTING_VARIABLES = [f"GENSERVE_{name.upper()}" for name in Settings.model_fields]
+
+
 def unknown_variables(environ: Mapping[str, str]) -> list[str]:
     """GENSERVE_* variables that name no setting (pydantic-settings ignores them silently)."""
-    known = {f"GENSERVE_{name.upper()}" for name in Settings.model_fields} | NOT_SETTINGS
+    known = {*SETTING_VARIABLES, *NOT_SETTINGS}
     return sorted(k for k in environ if k.upper().startswith("GENSERVE_") and k.upper() not in known)
 
 
@@ -175,10 +185,9 @@ def load_settings(**overrides: Any) -> Settings:
     one by its environment variable (one line, for the CLI and the start-up log)."""
     unknown = unknown_variables(os.environ)
     if unknown:
-        known = [f"GENSERVE_{name.upper()}" for name in Settings.model_fields]
         hints = []
         for name in unknown[:5]:
-            close = difflib.get_close_matches(name.upper(), known, n=1)
+            close = difflib.get_close_matches(name.upper(), SETTING_VARIABLES, n=1)
             hints.append(f"{name}" + (f" (did you mean {close[0]}?)" if close else ""))
         raise ConfigError("unknown setting: " + "; ".join(hints) + " (docs/deploy.md#settings lists them)")
     try:

@@ -9,6 +9,12 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 
+def drawable_caption(names: list[str], index: int) -> str:
+    """A label as the built-in font can draw it: the name if printable ASCII, else #index."""
+    name = names[index]
+    return name if name.isascii() and name.isprintable() else f"#{index}"
+
+
 def sample_grid_png(
     samples: np.ndarray, levels: int, captions: list[str] | None = None, cell: int = 64, pad: int = 4
 ) -> bytes:

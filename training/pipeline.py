@@ -53,10 +53,11 @@ def data_for(info: CheckpointInfo) -> tuple[ImageDataset, Splits]:
         data = load_dataset(info.dataset)
     except DataError as exc:
         raise CheckpointError(f"the data this checkpoint was trained on cannot be read: {exc}") from None
-    if info.data_sha256 is not None and data_digest(data) != info.data_sha256:
+    trained_on = info.data_sha256
+    if trained_on is not None and (digest := data_digest(data)) != trained_on:
         raise CheckpointError(
             f"{info.dataset} has changed since this checkpoint was trained on it (sha256 "
-            f"{info.data_sha256[:12]}..., now {data_digest(data)[:12]}...); retrain, or restore the data"
+            f"{trained_on[:12]}..., now {digest[:12]}...); retrain, or restore the data"
         )
     fractions = SplitFractions(**info.split_fractions)
     splits = make_splits(data.y, len(data), seed=info.split_seed, fractions=fractions)

@@ -14,7 +14,7 @@ from pydantic import BaseModel
 
 from ..engine import Likelihood, noise_rng
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
-from ..imaging import sample_grid_png
+from ..imaging import drawable_caption, sample_grid_png
 from ..metrics import StageTimer
 from ..outliers import outlier_results
 from ..registry import LoadedModel, Registry
@@ -135,9 +135,7 @@ async def sample(request: Request) -> Response:
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
     spec, engine = model.manifest.dataset, model.engine
-    limit = settings.max_samples
-    if model.manifest.family == "pixelcnn":  # one graph call per pixel: its own, lower cap
-        limit = min(limit, settings.pixelcnn_max_samples)
+    limit = settings.sample_cap(model.manifest.family)
     if req.n > limit:
         raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
     check_output_size(req.n, spec.dims, settings.max_output_values, "n")
@@ -164,12 +162,6 @@ async def sample(request: Request) -> Response:
     return response
 
 
-def _caption(names: list[str], index: int) -> str:
-    """A label as the PNG's built-in font can draw it: the name if printable ASCII, else #index."""
-    name = names[index]
-    return name if name.isascii() and name.isprintable() else f"#{index}"
-
-
 def _sample_response(
     model: LoadedModel,
     fmt: str,
@@ -185,7 +177,7 @@ def _sample_response(
         return Response(_npy_bytes(samples.astype(np.int64)), media_type=NPY, headers=headers)
     names = spec.label_names
     if fmt == "png":
-        captions = [_caption(names, i) for i in labels] if (labels is not None and names) else None
+        captions = [drawable_caption(names, i) for i in labels] if (labels is not None and names) else None
         return Response(
             sample_grid_png(samples, spec.levels, captions), media_type="image/png", headers=headers
         )
@@ -335,7 +327,7 @@ async def reconstruct(request: Request) -> Response:
             ["labels"],
             f"model {model.name} is class-conditional: give a class index or name (per row or for all)",
         )
-    pixelcnn_rows = min(settings.max_samples, settings.pixelcnn_max_samples)
+    pixelcnn_rows = settings.sample_cap("pixelcnn")
     if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
         raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
     seed = req.seed if req.seed is not None else secrets.randbits(63)

@@ -47,9 +47,7 @@ def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
 
 def request_limits(settings: Settings, family: str) -> dict[str, Any]:
     """What this server accepts for the model: the caps a client would otherwise learn from a 4xx."""
-    samples = settings.max_samples
-    if family == "pixelcnn":
-        samples = min(samples, settings.pixelcnn_max_samples)
+    samples = settings.sample_cap(family)
     limits: dict[str, Any] = {
         "max_samples": samples,
         "max_rows": settings.max_rows,

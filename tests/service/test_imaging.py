@@ -7,8 +7,7 @@ import io
 import numpy as np
 from PIL import Image
 
-from service.api.generate import _caption
-from service.imaging import sample_grid_png
+from service.imaging import drawable_caption, sample_grid_png
 
 
 def test_four_channels_render_as_rgb_without_alpha() -> None:
@@ -30,4 +29,4 @@ def test_grey_and_rgb_grids_hold_every_sample() -> None:
 
 def test_captions_the_builtin_font_cannot_draw_become_the_index() -> None:
     names = ["red fox", "café", "猫", "7"]
-    assert [_caption(names, i) for i in range(4)] == ["red fox", "#1", "#2", "7"]
+    assert [drawable_caption(names, i) for i in range(4)] == ["red fox", "#1", "#2", "7"]
