@@ -146,6 +146,10 @@ class CalibrationRecord(StrictModel):
     created: str
     estimator: str = Field(description="Likelihood estimator used.")
     samples: int = Field(ge=1, description="Estimator samples; requests scored for outliers use the same.")
+    # Stores written before this field existed were all calibrated with seed 0.
+    seed: int = Field(
+        default=0, ge=0, description="Estimator noise seed; requests scored for outliers use the same noise."
+    )
     default_method: str = Field(description="The outlier method used when a request names none.")
     log_likelihood: list[float] = Field(description="Per example, nats (marginal for conditional models).")
     scores: dict[str, list[float]] = Field(description="Method -> per-example scores, marginal likelihood.")

@@ -25,8 +25,8 @@ Every score is "larger = more anomalous". A p-value compares a score with the sc
 the held-out in-distribution calibration split stored in the manifest:
     p = (1 + #{calibration scores >= s}) / (n + 1),
 which is valid (P(p <= alpha) <= alpha for in-distribution inputs) whatever the score,
-provided the request is scored exactly as the calibration split was: same estimator and
-sample count, and the marginal likelihood unless labels are given. The statistics a score
+provided the request is scored exactly as the calibration split was: same estimator, sample
+count and noise seed, and the marginal likelihood unless labels are given. The statistics a score
 needs (the typical NLL) come from the validation split, never the calibration split, so
 calibration and test scores stay exchangeable.
 """
@@ -309,6 +309,7 @@ async def outlier_results(
     method: str | None,
     all_methods: bool,
     fdr: float | None = None,
+    seed: int = 0,
 ) -> list[dict[str, Any]]:
     """Per row, {"outlier": {...}} (and {"outliers": [...]} when all methods are asked for).
 
@@ -328,10 +329,12 @@ async def outlier_results(
         raise InvalidInputError.field(
             ["outlier_method"], f"{chosen} scores the label posterior: send the inputs without labels"
         )
-    if samples != cal.samples:
-        # Scored with another estimator size than the calibration split: score again the
-        # calibrated way, or the p-values would compare unlike with unlike.
-        ll = await engine.log_likelihood(x, labels, cal.samples, seed=0)
+    if samples != cal.samples or (engine.sampled_estimator and seed != cal.seed):
+        # Scored with another estimator size or other noise than the calibration split: a
+        # sampled estimator's noise is shared by every row, so other noise shifts every
+        # score alike and the ranks against the calibration scores are no longer
+        # exchangeable. Score again the calibrated way.
+        ll = await engine.log_likelihood(x, labels, cal.samples, seed=cal.seed)
     evidence = Evidence.of(ll, x)
     spec = manifest.dataset
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]

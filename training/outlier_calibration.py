@@ -33,6 +33,9 @@ from .ood_sets import build_sets
 # few enough that marginal scoring (one pass per class) fits the build-store budget.
 SELECTION_IMAGES = 24
 VALIDATION_IMAGES = 120
+# The estimator noise every score here is computed with (recorded in the manifest): a request
+# scored for outliers with other noise is re-scored with this seed.
+NOISE_SEED = 0
 
 
 async def select_method(
@@ -53,7 +56,7 @@ async def select_method(
     table: dict[str, dict[str, float]] = {m: {} for m in methods}
     pick = np.random.default_rng(1).choice(len(val.x), min(SELECTION_IMAGES, len(val.x)), replace=False)
     for name, x_ood in build_sets(val.x[np.sort(pick)], spec.levels, seed=1).items():
-        ll = await engine.log_likelihood(x_ood, None, samples, seed=0)
+        ll = await engine.log_likelihood(x_ood, None, samples, seed=NOISE_SEED)
         ood = Evidence.of(ll, x_ood)
         for m in methods:
             s_out = score(m, ood, spec, stats[m], background)
@@ -80,22 +83,23 @@ async def calibrate(engine: Engine, data: ImageDataset, splits: Splits, samples:
     background = fit_background(data.x[splits.train], spec.levels)
     # Unlabelled requests to a conditional model are scored with the marginal p(x);
     # labelled ones with p(x | y), calibrated here with each example's true label.
-    val_ll = await engine.log_likelihood(x_val, None, samples, seed=0)
+    val_ll = await engine.log_likelihood(x_val, None, samples, seed=NOISE_SEED)
     val = Evidence.of(val_ll, x_val)
     stats = all_stats(val, spec, background)
-    cal = await engine.log_likelihood(x_cal, None, samples, seed=0)
+    cal = await engine.log_likelihood(x_cal, None, samples, seed=NOISE_SEED)
     default, selection = await select_method(engine, val, stats, samples, background)
     given = given_stats = None
     if engine.conditional and data.y is not None:
-        val_y = await engine.log_likelihood(x_val, data.y[val_idx], samples, seed=0)
+        val_y = await engine.log_likelihood(x_val, data.y[val_idx], samples, seed=NOISE_SEED)
         given_stats = all_stats(Evidence.of(val_y, x_val), spec, background)
-        cal_y = await engine.log_likelihood(x_cal, data.y[splits.calibration], samples, seed=0)
+        cal_y = await engine.log_likelihood(x_cal, data.y[splits.calibration], samples, seed=NOISE_SEED)
         given = calibration_scores(Evidence.of(cal_y, x_cal), spec, given_stats, background)
     return CalibrationRecord(
         size=len(x_cal),
         created=datetime.now(UTC).isoformat(timespec="seconds"),
         estimator=cal.estimator + (" (marginal over labels)" if cal.marginal else ""),
         samples=samples,
+        seed=NOISE_SEED,
         default_method=default,
         log_likelihood=cal.log_likelihood.tolist(),
         scores=calibration_scores(

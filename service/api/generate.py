@@ -13,6 +13,7 @@ from fastapi.responses import Response
 from pydantic import BaseModel
 
 from ..engine import Likelihood, noise_rng
+from ..engine.completion import DEFAULT_PARTICLES, needs_particles
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
 from ..imaging import drawable_caption, sample_grid_png
 from ..metrics import StageTimer
@@ -54,7 +55,7 @@ def npy_query_parameters(cls: type[BaseModel]) -> list[dict[str, Any]]:
     schema = cls.model_json_schema()
     out = []
     for name, prop in schema["properties"].items():
-        if name in ("inputs", "mask"):
+        if name in ("inputs", "mask", "particles"):  # arrays travel in the body; particles need a mask
             continue
         branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
         if name == "labels" or len(branches) != 1:
@@ -258,6 +259,7 @@ async def log_likelihood(request: Request) -> Response:
             req.outlier_method,
             req.all_outlier_methods,
             req.fdr,
+            req.seed,
         )
         return ll, outliers
 
@@ -292,6 +294,25 @@ async def log_likelihood(request: Request) -> Response:
     )
     stages.done(model.name, model.version.version, "serialize")
     return response
+
+
+def _completion_particles(asked: int | None, mask: np.ndarray | None, cap: int) -> int | None:
+    """Particles per row for a PixelCNN completion whose known pixels follow missing ones.
+
+    Each particle is one more row through every step of the sampling loop, so rows ×
+    particles share the PixelCNN's sampling cap; by default as many as fit, up to
+    DEFAULT_PARTICLES.
+    """
+    if mask is None or not needs_particles(mask):
+        return None
+    rows = len(mask)
+    if asked is None:
+        return max(1, min(DEFAULT_PARTICLES, cap // rows))
+    if rows * asked > cap:
+        raise InvalidInputError.field(
+            ["particles"], f"rows × particles must be at most {cap} (here {rows} × {asked})"
+        )
+    return asked
 
 
 @router.post(
@@ -330,11 +351,17 @@ async def reconstruct(request: Request) -> Response:
     pixelcnn_rows = settings.sample_cap("pixelcnn")
     if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
         raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
-    seed = req.seed if req.seed is not None else secrets.randbits(63)
+    particles = (
+        _completion_particles(req.particles, mask, pixelcnn_rows) if engine.random_reconstruction else None
+    )
+    # Flow and VAE reconstructions are deterministic: no seed is drawn, and none returned.
+    seed = None
+    if engine.random_reconstruction:
+        seed = req.seed if req.seed is not None else secrets.randbits(63)
     stages.done(model.name, model.version.version, "parse")
     result = await guarded(
         request,
-        engine.reconstruct(x, labels, mask, noise_rng(seed)),
+        engine.reconstruct(x, labels, mask, noise_rng(seed or 0), particles),
         _timeout(request, req),
         lifecycle=request.app.state.lifecycle,
     )
@@ -347,6 +374,7 @@ async def reconstruct(request: Request) -> Response:
             "family": model.manifest.family,
             "seed": seed,
             "description": result.description,
+            "particles": result.particles,
             "outputs": result.arrays,
         }
     )

@@ -58,6 +58,7 @@ def request_limits(settings: Settings, family: str) -> dict[str, Any]:
     }
     if family == "pixelcnn":  # a completion samples every missing pixel: the sampling cap
         limits["max_completion_rows"] = samples
+        limits["max_completion_particles"] = samples  # rows × particles per row
     return limits
 
 
@@ -107,6 +108,7 @@ def outlier_description(model: LoadedModel) -> dict[str, Any] | None:
             "statistics_from": "validation split",
             "estimator": cal.estimator,
             "estimator_samples": cal.samples,
+            "estimator_seed": cal.seed,
             "given_labels": cal.scores_given_labels is not None,
         },
     }

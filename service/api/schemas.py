@@ -138,6 +138,11 @@ class ReconstructRequest(RequestModel):
         default=None, description="Same shape as inputs: 1 = known pixel, 0 = fill in (PixelCNN)."
     )
     seed: int | None = _SEED
+    particles: int | None = Field(
+        default=None,
+        ge=1,
+        description="PixelCNN completion: particles per row when known pixels follow missing ones.",
+    )
 
 
 class ReconstructResponse(BaseModel):
@@ -146,8 +151,11 @@ class ReconstructResponse(BaseModel):
     model: str
     version: int
     family: str
-    seed: int
+    seed: int | None = Field(description="Seed of the completion's draws (PixelCNN); null if none drawn.")
     description: str
+    particles: int | None = Field(
+        default=None, description="PixelCNN completion: particles per row (1: exact, none needed)."
+    )
     outputs: dict[str, list[Any]] = Field(description="Named nested arrays, e.g. reconstruction and latent.")
 
 

@@ -69,6 +69,7 @@ class Reconstruction:
 
     arrays: dict[str, np.ndarray] = field(default_factory=dict)
     description: str = ""
+    particles: int | None = None  # PixelCNN completion: particles per row (1: exact, none needed)
 
 
 def noise_rng(seed: int) -> np.random.Generator:
@@ -121,6 +122,7 @@ class Engine:
     can_score: bool = True
     can_reconstruct: bool = True
     sampled_estimator: bool = True  # False: the likelihood is exact, importance_samples unused
+    random_reconstruction: bool = False  # True: /reconstruct draws (and returns) a seed
 
     def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
         self.manifest = manifest
@@ -205,8 +207,9 @@ class Engine:
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
+        particles: int | None = None,
     ) -> Reconstruction:
-        """Family-specific reconstruction or completion."""
+        """Family-specific reconstruction or completion (`particles`: PixelCNN only)."""
         self.ensure_can_reconstruct()
         raise NotImplementedError
 

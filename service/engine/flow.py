@@ -54,6 +54,7 @@ class FlowEngine(Engine):
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
+        particles: int | None = None,
     ) -> Reconstruction:
         """z = f(x + ½) (bin centres, deterministic) and its inverse f^-1(z)."""
         self.check_mask_unsupported(mask)

@@ -66,6 +66,7 @@ class VAEEngine(Engine):
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
+        particles: int | None = None,
     ) -> Reconstruction:
         """decode(encode(x)) at the posterior mean: the most probable level per pixel."""
         self.check_mask_unsupported(mask)

@@ -84,6 +84,7 @@ def test_health_and_models(client: Client) -> None:
         "max_samples": 256,
         "max_rows": 20_000,
         "max_completion_rows": 256,
+        "max_completion_particles": 256,
         "max_importance_samples": 4096,
         "max_output_values": 20_000_000,
         "max_body_bytes": 64 * 1024 * 1024,
@@ -264,6 +265,18 @@ def test_scores_do_not_depend_on_the_batch(client: Client, family: str, digits: 
     assert {o["method"] for o in alone["results"][0]["outliers"]} == set(METHODS) - {"label_ambiguity"}
 
 
+@pytest.mark.parametrize("family", ["flow", "vae"])
+def test_outlier_evidence_uses_the_calibration_noise(client: Client, family: str, digits: np.ndarray) -> None:
+    # A sampled estimator's noise is shared by every row, so scores under other noise are
+    # not exchangeable with the calibration scores: the outlier verdict must not move with
+    # the request's seed, while the likelihood it reports does.
+    body = {"model": model(family), "inputs": digits.tolist(), "all_outlier_methods": True}
+    calibrated = client.post("/log-likelihood", json=body).json()["results"]
+    other = client.post("/log-likelihood", json={**body, "seed": 5}).json()["results"]
+    assert [r["log_likelihood"] for r in other] != [r["log_likelihood"] for r in calibrated]
+    assert [r["outliers"] for r in other] == [r["outliers"] for r in calibrated]
+
+
 @pytest.mark.parametrize("family", LIKELIHOOD)
 def test_outlier_methods_and_benjamini_hochberg(client: Client, family: str, digits: np.ndarray) -> None:
     detail = client.get(f"/models/{model(family)}").json()["outlier_detection"]
@@ -329,6 +342,7 @@ def test_reconstruct_latents(client: Client, family: str, digits: np.ndarray) ->
     assert lat.shape[0] == 6
     if family == "flow":  # an invertible model reconstructs exactly
         np.testing.assert_array_equal(rec[:, 0], digits)
+    assert r.json()["seed"] is None  # deterministic: the seed given is not used, none returned
 
 
 def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarray) -> None:
@@ -345,8 +359,30 @@ def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarr
     rec = np.asarray(out["outputs"]["reconstruction"])[:, 0]
     np.testing.assert_array_equal(rec[:, :4], digits[:, :4])
     assert 0 <= rec.min() <= rec.max() <= 16
+    assert out["seed"] == 8
     assert client.post("/reconstruct", json=body).json()["outputs"] == out["outputs"]
+    drawn = client.post("/reconstruct", json={**body, "seed": None}).json()["seed"]
+    assert isinstance(drawn, int)  # the server picks a seed and returns it
     assert_problem(client.post("/reconstruct", json={**body, "mask": None}), 422, "mask")
+    assert out["particles"] == 1  # the missing pixels all follow the known ones: exact
+
+
+def test_pixelcnn_completion_of_a_hole_uses_particles(client: Client, digits: np.ndarray) -> None:
+    mask = np.ones_like(digits)
+    mask[:, 2:6, 2:6] = 0  # a hole: known pixels below and right of missing ones
+    body = {"model": model("pixelcnn"), "inputs": digits.tolist(), "mask": mask.tolist(), "labels": 2}
+    out = client.post("/reconstruct", json={**body, "seed": 4, "particles": 3}).json()
+    assert out["particles"] == 3 and "particle filter" in out["description"]
+    rec = np.asarray(out["outputs"]["reconstruction"])[:, 0]
+    np.testing.assert_array_equal(rec[mask == 1], digits[mask == 1])
+    assert 0 <= rec.min() <= rec.max() <= 16
+    again = client.post("/reconstruct", json={**body, "seed": 4, "particles": 3}).json()
+    assert again["outputs"] == out["outputs"]
+    # By default as many particles as the sampling cap allows, up to 16 per row.
+    assert client.post("/reconstruct", json=body).json()["particles"] == 16
+    many = {**body, "inputs": [digits[0].tolist()] * 100, "mask": [mask[0].tolist()] * 100}
+    assert client.post("/reconstruct", json=many).json()["particles"] == 2  # 256 // 100
+    assert_problem(client.post("/reconstruct", json={**many, "particles": 3}), 422, "particles")
 
 
 # --- validation: every rule a 4xx naming the field, never a 500 ------------------------------

@@ -44,7 +44,7 @@ FIELDS = {
         "fdr",
         "timeout",
     ],
-    "/reconstruct": ["model", "version", "inputs", "labels", "mask", "seed", "timeout"],
+    "/reconstruct": ["model", "version", "inputs", "labels", "mask", "seed", "particles", "timeout"],
 }
 # 504 is what a request's own tiny `timeout` asks for; 500 and 503 never happen here.
 EXPECTED = {200, 400, 404, 413, 415, 422, 504}
@@ -109,6 +109,7 @@ field_values: dict[str, st.SearchStrategy[Any]] = {
     "fdr": st.floats(-0.5, 1.5, allow_nan=False),
     "outlier_method": st.sampled_from(["nll", "typicality", "complexity", "label_ambiguity", MARK + "x"]),
     "all_outlier_methods": st.booleans(),
+    "particles": st.integers(-1, 300),
 }
 
 
@@ -119,7 +120,9 @@ def valid(endpoint: str, model: str) -> dict[str, Any]:
         return {"model": model, "n": 2, "labels": 1, "seed": 0}
     if endpoint == "/log-likelihood":
         return {"model": model, "inputs": images, "labels": [1, 2]}
-    return {"model": model, "inputs": images, "labels": 1, "mask": np.ones((2, 8, 8), dtype=int).tolist()}
+    mask = np.ones((2, 8, 8), dtype=int)
+    mask[:, 3:5, 3:5] = 0  # a hole: PixelCNN completions run the particle filter
+    return {"model": model, "inputs": images, "labels": 1, "mask": mask.tolist()}
 
 
 @st.composite
