@@ -318,8 +318,10 @@ def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]
             for i in range(2)
         ]
     if family == "pixelcnn":
-        mask = np.ones((2, 8, 8), dtype=int)
-        mask[:, 5:] = 0
+        bottom = np.ones((2, 8, 8), dtype=int)
+        bottom[:, 5:] = 0  # exact completion
+        hole = np.ones((2, 8, 8), dtype=int)
+        hole[:, 3:5, 3:5] = 0  # the particle filter: more rows per step, resampling
         reqs += [
             (
                 "/reconstruct",
@@ -329,9 +331,10 @@ def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]
                     "labels": 1,
                     "mask": mask.tolist(),
                     "seed": i,
+                    "particles": 4,
                 },
             )
-            for i in range(2)
+            for i, mask in enumerate([bottom, hole, hole])
         ]
     return reqs
 
