@@ -297,22 +297,30 @@ async def log_likelihood(request: Request) -> Response:
 
 
 def _completion_particles(asked: int | None, mask: np.ndarray | None, cap: int) -> int | None:
-    """Particles per row for a PixelCNN completion whose known pixels follow missing ones.
+    """Particles per row for a PixelCNN completion (None: the mask needs none).
 
     Each particle is one more row through every step of the sampling loop, so rows ×
-    particles share the PixelCNN's sampling cap; by default as many as fit, up to
-    DEFAULT_PARTICLES.
+    particles share the PixelCNN's sampling cap. By default as many as fit, up to
+    DEFAULT_PARTICLES; a filter needs at least two, and a request too large for two is
+    refused rather than quietly completed without the known pixels that follow.
     """
-    if mask is None or not needs_particles(mask):
-        return None
-    rows = len(mask)
-    if asked is None:
-        return max(1, min(DEFAULT_PARTICLES, cap // rows))
-    if rows * asked > cap:
+    rows = 0 if mask is None else len(mask)
+    if asked is not None and rows * asked > cap:
         raise InvalidInputError.field(
             ["particles"], f"rows × particles must be at most {cap} (here {rows} × {asked})"
         )
-    return asked
+    if mask is None or not needs_particles(mask):
+        return None
+    if asked is not None:
+        return asked
+    if cap // rows < 2:
+        raise InvalidInputError.field(
+            ["inputs"],
+            f"a mask with known pixels after missing ones is completed by a particle filter of at "
+            f"least 2 particles per row, and rows × particles must be at most {cap}: send at most "
+            f"{cap // 2} rows, or particles=1 for the plain draw (which ignores those pixels)",
+        )
+    return min(DEFAULT_PARTICLES, cap // rows)
 
 
 @router.post(
@@ -351,6 +359,11 @@ async def reconstruct(request: Request) -> Response:
     pixelcnn_rows = settings.sample_cap("pixelcnn")
     if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
         raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
+    if not engine.random_reconstruction and req.particles is not None:
+        raise InvalidInputError.field(
+            ["particles"],
+            f"{model.manifest.family} reconstructions draw nothing: particles are for PixelCNN completion",
+        )
     particles = (
         _completion_particles(req.particles, mask, pixelcnn_rows) if engine.random_reconstruction else None
     )

@@ -58,7 +58,7 @@ def request_limits(settings: Settings, family: str) -> dict[str, Any]:
     }
     if family == "pixelcnn":  # a completion samples every missing pixel: the sampling cap
         limits["max_completion_rows"] = samples
-        limits["max_completion_particles"] = samples  # rows × particles per row
+        limits["max_completion_particle_rows"] = samples  # rows × particles per row
     return limits
 
 

@@ -38,11 +38,26 @@ def needs_particles(known: NDArray[np.bool_]) -> bool:
     return bool((np.diff(flat, axis=1) > 0).any())
 
 
+def raster_position(q: NDArray[np.int64], C: int, W: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raster-flat positions q = (i·W + j)·C + c -> (c, i, j) index arrays."""
+    pixel, c = np.divmod(q, C)
+    i, j = np.divmod(pixel, W)
+    return c, i, j
+
+
+def normalised(log_w: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Per row of log-weights [N, M], weights summing to 1; a row whose particles all
+    have zero weight (every one contradicts a known pixel) counts them all alike."""
+    top = log_w.max(axis=1, keepdims=True)
+    w = np.exp(log_w - np.where(np.isfinite(top), top, 0.0))
+    w[w.sum(axis=1) == 0] = 1.0
+    out: NDArray[np.float64] = w / w.sum(axis=1, keepdims=True)
+    return out
+
+
 def effective_size(log_w: NDArray[np.float64]) -> NDArray[np.float64]:
     """Effective sample size per row of log-weights [N, M]: 1 / Σ w² of the normalised w."""
-    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-    w /= w.sum(axis=1, keepdims=True)
-    out: NDArray[np.float64] = 1.0 / (w**2).sum(axis=1)
+    out: NDArray[np.float64] = 1.0 / (normalised(log_w) ** 2).sum(axis=1)
     return out
 
 
@@ -50,17 +65,15 @@ def systematic_indices(log_w: NDArray[np.float64], u: NDArray[np.float64]) -> ND
     """Systematic resampling: per row of log-weights [N, M] and one uniform u [N] in [0, 1),
     M particle indices [N, M] (ascending), particle m drawn about M·w_m times."""
     N, M = log_w.shape
-    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-    cdf = np.cumsum(w, axis=1)
-    cdf /= cdf[:, -1:]
+    cdf = np.cumsum(normalised(log_w), axis=1)
     points = (u[:, None] + np.arange(M)[None, :]) / M  # [N, M]
     idx = np.stack([np.searchsorted(cdf[n], points[n], side="right") for n in range(N)])
     return np.minimum(idx, M - 1).astype(np.int64)
 
 
 def pick_one(log_w: NDArray[np.float64], u: NDArray[np.float64]) -> NDArray[np.int64]:
-    """One particle index per row [N], drawn by its weight with the uniform u [N]."""
-    w = np.exp(log_w - log_w.max(axis=1, keepdims=True))
-    cdf = np.cumsum(w, axis=1)
-    idx = (cdf < (u * cdf[:, -1])[:, None]).sum(axis=1)
+    """One particle index per row [N], drawn by its weight with the uniform u [N] in [0, 1)
+    (a particle of zero weight is never drawn, whatever u)."""
+    cdf = np.cumsum(normalised(log_w), axis=1)
+    idx = (cdf <= u[:, None] * cdf[:, -1:]).sum(axis=1)
     return np.minimum(idx, log_w.shape[1] - 1).astype(np.int64)

@@ -20,6 +20,7 @@ from .completion import (
     needs_particles,
     pick_one,
     raster_flat,
+    raster_position,
     systematic_indices,
 )
 
@@ -94,23 +95,29 @@ class PixelCNNEngine(Engine):
         """Complete the pixels where `mask` is 0, conditioned on every known pixel.
 
         A mask whose missing pixels all come after its known ones (raster order) is filled
-        exactly, pixel by pixel; any other mask by a particle filter (engine.completion).
+        exactly, pixel by pixel; any other mask by a particle filter (engine.completion),
+        unless `particles` is 1: the plain draw, which ignores known pixels after missing ones.
         """
         if mask is None:
             raise InvalidInputError.field(
                 ["mask"], "pixelcnn completes inputs: give a mask (1 = known pixel, 0 = fill in)"
             )
         known = mask.astype(bool)
-        if not needs_particles(known):
+        M = particles or DEFAULT_PARTICLES
+        if not needs_particles(known) or M == 1:
             u = rng.random(x.shape, dtype=np.float32)
             done = await self._fill(x, known, labels, u, 1.0)
+            how = (
+                "given the known pixels, all of which come before them in raster order (an exact draw)"
+                if not needs_particles(known)
+                else "given the known pixels before them only (particles=1: the plain draw; known "
+                "pixels after a missing one are kept but not conditioned on)"
+            )
             return Reconstruction(
                 {"reconstruction": done},
-                "pixels where mask is 0 sampled autoregressively given the known pixels, all of "
-                "which come before them in raster order (an exact draw); known pixels unchanged",
+                f"pixels where mask is 0 sampled autoregressively {how}; known pixels unchanged",
                 particles=1,
             )
-        M = particles or DEFAULT_PARTICLES
         done = await self._particle_fill(x, known, labels, rng, M)
         return Reconstruction(
             {"reconstruction": done},
@@ -127,7 +134,12 @@ class PixelCNNEngine(Engine):
         rng: np.random.Generator,
         M: int,
     ) -> IntImages:
-        """Sequential Monte Carlo along the raster order, M particles per row."""
+        """Sequential Monte Carlo along the raster order, M particles per row.
+
+        Each step reads only the logits it needs (the known pixels just passed, and the
+        pixel to draw), so the work per step beyond the graph call stays proportional to
+        the rows, not to the whole [rows, C, H, W, K] output.
+        """
         N = len(x)
         C, H, W = self.shape
         P = C * H * W
@@ -138,46 +150,46 @@ class PixelCNNEngine(Engine):
         xs = np.repeat(x, M, axis=0)  # [N·M, C, H, W], row n's particles contiguous
         ys = None if labels is None else np.repeat(labels, M, axis=0)
         known_flat = raster_flat(known)  # [N, P]
-        missing_any = ~known_flat.all(axis=0)  # [P]: positions some row fills
         log_w = np.zeros((N, M), dtype=np.float64)
         weighed = 0  # known pixels before this raster position are in log_w
 
-        async def log_probs() -> tuple[np.ndarray, np.ndarray]:
-            """log p(x_j | x_<j) of every particle's current pixels, raster-flat [N, M, P],
-            and the normalised log-probabilities of every level [N·M, C, H, W, K]."""
+        async def logits_now() -> np.ndarray:
             feeds = self.feeds({"x": xs.astype(np.float32)}, ys)
-            logp = log_softmax((await self.call("logits", feeds))["logits"])  # [N·M, C, H, W, K]
-            picked = np.take_along_axis(logp, xs[..., None], axis=-1)[..., 0]
-            return raster_flat(picked).reshape(N, M, P), logp
+            out: np.ndarray = (await self.call("logits", feeds))["logits"]  # [N·M, C, H, W, K]
+            return out
 
-        def weigh(lp: np.ndarray, upto: int) -> None:
-            """Add known pixels [weighed, upto] of each row to its particles' log-weights."""
-            span = known_flat[:, weighed : upto + 1]  # [N, span]
-            log_w[:] += (lp[:, :, weighed : upto + 1] * span[:, None, :]).sum(axis=2)
+        def weigh(logits: np.ndarray, upto: int) -> None:
+            """Add the known pixels at raster positions [weighed, upto] to the log-weights:
+            each read from a call made when every pixel before it was final."""
+            span = np.arange(weighed, upto + 1)
+            span = span[known_flat[:, span].any(axis=0)]
+            if not len(span):
+                return
+            c, i, j = raster_position(span, C, W)
+            lp = log_softmax(logits[:, c, i, j])  # [N·M, L, K]
+            picked = np.take_along_axis(lp, xs[:, c, i, j][..., None], axis=-1)[..., 0]
+            # np.where, not a product: a masked-out -inf must not become NaN.
+            log_w[:] += np.where(known_flat[:, None, span], picked.reshape(N, M, -1), 0.0).sum(axis=2)
 
-        for q in np.flatnonzero(missing_any):
-            i, rest = divmod(int(q), W * C)
-            j, c = divmod(rest, C)
-            lp, logp = await log_probs()
-            # Known pixels up to q depend only on pixels before them, all final by now.
-            weigh(lp, int(q))
+        for q in np.flatnonzero(~known_flat.all(axis=0)):  # positions some row fills
+            (c,), (i,), (j,) = raster_position(np.array([q]), C, W)
+            logits = await logits_now()
+            weigh(logits, int(q))
             weighed = int(q) + 1
-            ess = effective_size(log_w)
-            low = np.flatnonzero(ess < M / 2)
+            step = logits[:, c, i, j].copy()  # [N·M, K]
+            low = np.flatnonzero(effective_size(log_w) < M / 2)
             if len(low):
                 idx = systematic_indices(log_w[low], u_resample[low, q])  # [L, M]
-                rows = (low[:, None] * M + idx).reshape(-1)  # flat particle indices taken
+                src = (low[:, None] * M + idx).reshape(-1)
                 dest = (low[:, None] * M + np.arange(M)[None, :]).reshape(-1)
-                xs[dest] = xs[rows]
-                logp[dest] = logp[rows]
+                xs[dest] = xs[src]
+                step[dest] = step[src]
                 log_w[low] = 0.0
-            logits = logp[:, c, i, j]  # [N·M, K], normalised already
-            draw = categorical_from_uniform(logits, u_draw[:, :, c, i, j].reshape(-1))
+            draw = categorical_from_uniform(step, u_draw[:, :, c, i, j].reshape(-1))
             fill = ~np.repeat(known[:, c, i, j], M)
             xs[fill, c, i, j] = draw[fill]
         if weighed < P and known_flat[:, weighed:].any():
-            lp, _ = await log_probs()
-            weigh(lp, P - 1)
+            weigh(await logits_now(), P - 1)
         chosen = pick_one(log_w, u_pick)  # [N]
         out: IntImages = xs.reshape(N, M, C, H, W)[np.arange(N), chosen]
         return out

@@ -84,7 +84,7 @@ def test_health_and_models(client: Client) -> None:
         "max_samples": 256,
         "max_rows": 20_000,
         "max_completion_rows": 256,
-        "max_completion_particles": 256,
+        "max_completion_particle_rows": 256,
         "max_importance_samples": 4096,
         "max_output_values": 20_000_000,
         "max_body_bytes": 64 * 1024 * 1024,
@@ -383,6 +383,23 @@ def test_pixelcnn_completion_of_a_hole_uses_particles(client: Client, digits: np
     many = {**body, "inputs": [digits[0].tolist()] * 100, "mask": [mask[0].tolist()] * 100}
     assert client.post("/reconstruct", json=many).json()["particles"] == 2  # 256 // 100
     assert_problem(client.post("/reconstruct", json={**many, "particles": 3}), 422, "particles")
+    # Too many rows for a filter of two: refused, not quietly completed without the known
+    # pixels after the hole; particles=1 asks for that plain draw explicitly.
+    most = {**body, "inputs": [digits[0].tolist()] * 129, "mask": [mask[0].tolist()] * 129}
+    assert_problem(client.post("/reconstruct", json=most), 422, "inputs")
+    plain = client.post("/reconstruct", json={**most, "particles": 1}).json()
+    assert plain["particles"] == 1 and "not conditioned on" in plain["description"]
+
+
+def test_particles_are_checked_where_they_mean_nothing(client: Client, digits: np.ndarray) -> None:
+    for family in ("flow", "vae"):
+        body = {"model": model(family), "inputs": digits.tolist(), "labels": 1, "particles": 2}
+        assert_problem(client.post("/reconstruct", json=body), 422, "particles")
+    bottom = np.ones_like(digits)
+    bottom[:, 6:] = 0  # needs no particles, but the cap still holds
+    body = {"model": model("pixelcnn"), "inputs": digits.tolist(), "labels": 1, "mask": bottom.tolist()}
+    assert client.post("/reconstruct", json={**body, "particles": 4}).json()["particles"] == 1
+    assert_problem(client.post("/reconstruct", json={**body, "particles": 1000}), 422, "particles")
 
 
 # --- validation: every rule a 4xx naming the field, never a 500 ------------------------------
