@@ -12,10 +12,10 @@ from fastapi import APIRouter, Request
 from fastapi.responses import Response
 from pydantic import BaseModel
 
-from ..engine import Likelihood, noise_rng
+from ..engine import Likelihood, Reconstruction, noise_rng
 from ..engine.completion import DEFAULT_PARTICLES, needs_particles
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
-from ..imaging import drawable_caption, sample_grid_png
+from ..imaging import drawable_caption, reconstruction_grid_png, sample_grid_png
 from ..metrics import StageTimer
 from ..outliers import outlier_results
 from ..registry import LoadedModel, Registry
@@ -43,6 +43,7 @@ from .schemas import (
 
 router = APIRouter(tags=["generate"])
 NPY = "application/x-npy"
+NPZ = "application/x-npz"
 PROBLEMS: dict[int | str, dict[str, Any]] = {
     code: {"model": Problem, "content": {"application/problem+json": {}}}
     for code in (400, 404, 413, 415, 422, 503, 504)
@@ -326,7 +327,7 @@ def _completion_particles(asked: int | None, mask: np.ndarray | None, cap: int) 
 @router.post(
     "/reconstruct",
     summary="Reconstruct (VAE, flow) or complete masked inputs (PixelCNN)",
-    responses={200: {"model": ReconstructResponse}, **PROBLEMS},
+    responses={200: {"model": ReconstructResponse, "content": {"image/png": {}, NPZ: {}}}, **PROBLEMS},
     openapi_extra={
         "requestBody": {
             "content": {
@@ -340,7 +341,8 @@ def _completion_particles(asked: int | None, mask: np.ndarray | None, cap: int) 
 )
 async def reconstruct(request: Request) -> Response:
     """VAE: decode(encode(x)) and the latent; flow: the latent and its inverse; PixelCNN:
-    the pixels where `mask` is 0 sampled given the known ones (seeded)."""
+    the pixels where `mask` is 0 sampled given the known ones (seeded). As JSON, as an
+    .npz of the named outputs, or as a PNG of each input beside its output."""
     settings = request.app.state.settings
     stages = StageTimer(request.app.state.metrics, "/reconstruct")
     req, raw = await _inputs_and_params(request, ReconstructRequest)
@@ -380,7 +382,37 @@ async def reconstruct(request: Request) -> Response:
     )
     stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
-    response = _json(
+    response = _reconstruct_response(model, req.format, x, mask, labels, seed, result)
+    stages.done(model.name, model.version.version, "serialize")
+    return response
+
+
+def _reconstruct_response(
+    model: LoadedModel,
+    fmt: str,
+    x: np.ndarray,
+    mask: np.ndarray | None,
+    labels: np.ndarray | None,
+    seed: int | None,
+    result: Reconstruction,
+) -> Response:
+    """JSON with every output; an .npz of the outputs; or a PNG of inputs beside outputs."""
+    headers = {"X-Genserve-Model": f"{model.name}/{model.version.version}"}
+    if seed is not None:
+        headers["X-Genserve-Seed"] = str(seed)
+    if result.particles is not None:
+        headers["X-Genserve-Particles"] = str(result.particles)
+    if fmt == "npz":
+        buf = io.BytesIO()
+        np.savez(buf, allow_pickle=False, **result.arrays)
+        return Response(buf.getvalue(), media_type=NPZ, headers=headers)
+    if fmt == "png":
+        spec = model.manifest.dataset
+        names = spec.label_names
+        captions = [drawable_caption(names, i) for i in labels] if (labels is not None and names) else None
+        png = reconstruction_grid_png(x, result.arrays["reconstruction"], spec.levels, mask, captions)
+        return Response(png, media_type="image/png", headers=headers)
+    return _json(
         {
             "model": model.name,
             "version": model.version.version,
@@ -391,5 +423,3 @@ async def reconstruct(request: Request) -> Response:
             "outputs": result.arrays,
         }
     )
-    stages.done(model.name, model.version.version, "serialize")
-    return response

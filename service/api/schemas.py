@@ -143,6 +143,10 @@ class ReconstructRequest(RequestModel):
         ge=1,
         description="PixelCNN completion: particles per row when known pixels follow missing ones.",
     )
+    format: Literal["json", "png", "npz"] = Field(
+        default="json",
+        description="json: every output; npz: every output as named arrays; png: inputs beside outputs.",
+    )
 
 
 class ReconstructResponse(BaseModel):

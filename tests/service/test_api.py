@@ -391,6 +391,38 @@ def test_pixelcnn_completion_of_a_hole_uses_particles(client: Client, digits: np
     assert plain["particles"] == 1 and "not conditioned on" in plain["description"]
 
 
+def test_reconstructions_as_npz_and_png(client: Client, digits: np.ndarray) -> None:
+    body = {"model": model("vae"), "inputs": digits.tolist(), "labels": 1}
+    as_json = client.post("/reconstruct", json=body).json()["outputs"]
+    r = client.post("/reconstruct", json={**body, "format": "npz"})
+    assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
+    assert "x-genserve-seed" not in r.headers  # a VAE reconstruction draws nothing
+    with np.load(io.BytesIO(r.content), allow_pickle=False) as arrays:
+        assert set(arrays.files) == set(as_json)
+        for name in arrays.files:
+            np.testing.assert_allclose(arrays[name], np.asarray(as_json[name]), rtol=1e-6)
+    # An .npy body takes the format from the query string.
+    buf = io.BytesIO()
+    np.save(buf, digits.astype(np.int64))
+    r = client.post(
+        f"/reconstruct?model={model('flow')}&labels=1&format=npz",
+        content=buf.getvalue(),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert r.status_code == 200, r.text
+    np.testing.assert_array_equal(np.load(io.BytesIO(r.content))["reconstruction"][:, 0], digits)
+    # PixelCNN: each input (missing pixels marked) beside its completion, labelled.
+    mask = np.ones_like(digits)
+    mask[:, 2:6, 2:6] = 0
+    completion = {"model": model("pixelcnn"), "inputs": digits.tolist(), "labels": 2, "mask": mask.tolist()}
+    r = client.post("/reconstruct", json={**completion, "seed": 5, "particles": 2, "format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert r.headers["x-genserve-seed"] == "5" and r.headers["x-genserve-particles"] == "2"
+    img = Image.open(io.BytesIO(r.content))
+    assert img.mode == "RGB" and img.width > 2 * img.height  # pairs: twice as wide as a square grid
+    assert_problem(client.post("/reconstruct", json={**body, "format": "npy"}), 422, "format")
+
+
 def test_particles_are_checked_where_they_mean_nothing(client: Client, digits: np.ndarray) -> None:
     for family in ("flow", "vae"):
         body = {"model": model(family), "inputs": digits.tolist(), "labels": 1, "particles": 2}
@@ -621,7 +653,7 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
         "model", "version", "timeout", "labels", "importance_samples", "seed", "alpha",
         "outlier_method", "all_outlier_methods", "fdr",
     }  # fmt: skip
-    assert documented["/reconstruct"] == {"model", "version", "timeout", "labels", "seed"}
+    assert documented["/reconstruct"] == {"model", "version", "timeout", "labels", "seed", "format"}
     version = client.get("/models/vae-digits").json()["version"]
     every = {
         "model": "vae-digits", "version": version, "timeout": 30, "labels": "1", "importance_samples": 4,

@@ -44,7 +44,17 @@ FIELDS = {
         "fdr",
         "timeout",
     ],
-    "/reconstruct": ["model", "version", "inputs", "labels", "mask", "seed", "particles", "timeout"],
+    "/reconstruct": [
+        "model",
+        "version",
+        "inputs",
+        "labels",
+        "mask",
+        "seed",
+        "particles",
+        "format",
+        "timeout",
+    ],
 }
 # 504 is what a request's own tiny `timeout` asks for; 500 and 503 never happen here.
 EXPECTED = {200, 400, 404, 413, 415, 422, 504}
@@ -100,7 +110,7 @@ field_values: dict[str, st.SearchStrategy[Any]] = {
     | st.lists(st.integers(-1, 11), max_size=4),
     "seed": st.integers(-1, 2**64),
     "temperature": st.floats(-1, 20, allow_nan=False),
-    "format": st.sampled_from(["json", "png", "npy", MARK + "gif"]),
+    "format": st.sampled_from(["json", "png", "npy", "npz", MARK + "gif"]),
     "timeout": st.floats(-1, 5, allow_nan=False),
     "inputs": image_lists(np.int64) | image_lists(np.float64),
     "mask": image_lists(np.int64),
