@@ -15,6 +15,7 @@ are allowed, and nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import hashlib
 import os
 import re
@@ -34,6 +35,10 @@ NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}(?:\.[a-z0-9_-]+)*$")
 MANIFEST = "manifest.json"
 MANIFEST_DIGEST = "manifest.sha256"
 STAGING_PREFIX = ".staging-"
+# Per model: publishers hold an exclusive flock on LOCK_FILE while they stage and commit;
+# NEXT_VERSION records the next number, so a deleted latest version's number is never reused.
+LOCK_FILE = ".lock"
+NEXT_VERSION = ".next-version"
 # Version folders are written by `Staging.commit` as str(int): "08" or "+8" are not versions.
 VERSION_PATTERN = re.compile(r"^[1-9][0-9]{0,8}$")
 
@@ -122,6 +127,7 @@ class ModelStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
+        self._locks: dict[str, tuple[int, int]] = {}  # name -> (fd, depth) of the locks held
 
     # --- naming and paths ----------------------------------------------------------------
     @staticmethod
@@ -160,7 +166,15 @@ class ModelStore:
         out = []
         for child in children:
             plain = not child.is_symlink() and NAME_PATTERN.fullmatch(child.name) and child.is_dir()
-            if plain and self.versions(child.name):
+            if not plain:
+                continue
+            try:
+                listed = bool(self.versions(child.name))
+            except StoreError:
+                # Unreadable: listed, so that opening it fails for this model alone (and
+                # names the problem) instead of hiding it or failing every other model.
+                listed = True
+            if listed:
                 out.append(child.name)
         return out
 
@@ -281,21 +295,73 @@ class ModelStore:
         return self.open(name, version, verify=True)
 
     # --- publishing ------------------------------------------------------------------------
+    def _writable_model_dir(self, name: str) -> Path:
+        folder = self._model_dir(name)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except FileExistsError:
+            raise StoreError(f"{folder} is a file, not a model folder") from None
+        except OSError as exc:
+            raise StoreError(f"cannot create {folder} ({exc.strerror})") from None
+        return folder
+
+    @contextlib.contextmanager
+    def lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
+        """Hold the model's publish lock (re-entrant within this store object).
+
+        A second publisher, e.g. another `build-store`, waits here until the first is done,
+        so it can see the version just published instead of training and publishing a
+        duplicate. The lock is an flock: the kernel drops it if its holder dies. `on_wait`
+        is called once if the lock is busy, before waiting for it.
+        """
+        if name in self._locks:
+            fd, depth = self._locks[name]
+            self._locks[name] = (fd, depth + 1)
+            try:
+                yield
+            finally:
+                fd, depth = self._locks[name]
+                self._locks[name] = (fd, depth - 1)
+            return
+        folder = self._writable_model_dir(name)
+        try:
+            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise StoreError(f"cannot lock {folder} for publishing ({exc.strerror})") from None
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            self._locks[name] = (fd, 1)
+            yield
+        finally:
+            self._locks.pop(name, None)
+            os.close(fd)  # releases the flock
+
     @contextlib.contextmanager
     def staging(self, name: str) -> Iterator[Staging]:
-        """A private folder to write a new version into; removed unless committed."""
-        folder = self._model_dir(name)
-        folder.mkdir(parents=True, exist_ok=True)
-        stage = Staging(self, name, folder / f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-        stage.path.mkdir()
-        try:
-            yield stage
-        finally:
-            if stage.path.exists():
-                shutil.rmtree(stage.path, ignore_errors=True)
+        """A private folder to write a new version into, under the model's publish lock;
+        removed unless committed. Staging folders found then are from crashed publishes."""
+        with self.lock(name):
+            folder = self._writable_model_dir(name)
+            self.remove_stale_staging(name)
+            stage = Staging(self, name, folder / f"{STAGING_PREFIX}{uuid.uuid4().hex}")
+            stage.path.mkdir()
+            try:
+                yield stage
+            finally:
+                if stage.path.exists():
+                    shutil.rmtree(stage.path, ignore_errors=True)
 
     def remove_stale_staging(self, name: str) -> int:
-        """Delete staging folders left by crashed publishes; returns how many."""
+        """Delete staging folders left by crashed publishes; returns how many.
+
+        Only safe under the model's publish lock, where no live publisher has one open."""
+        if name not in self._locks:
+            raise RuntimeError("remove_stale_staging needs the model's publish lock")
         folder = self._model_dir(name)
         if not folder.is_dir():
             return 0
@@ -303,6 +369,22 @@ class ModelStore:
         for c in stale:
             shutil.rmtree(c, ignore_errors=True)
         return len(stale)
+
+    def next_version(self, name: str) -> int:
+        """The number the next publish gets: above every version published before, even
+        one deleted since (so a client pinned to a number never gets other content)."""
+        latest = (self.versions(name) or [0])[-1]
+        try:
+            recorded = int((self._model_dir(name) / NEXT_VERSION).read_text().strip())
+        except (OSError, ValueError):
+            recorded = 0
+        return max(latest + 1, recorded)
+
+    def _record_next_version(self, name: str, version: int) -> None:
+        path = self._model_dir(name) / NEXT_VERSION
+        tmp = path.with_name(f"{NEXT_VERSION}.{uuid.uuid4().hex}")
+        tmp.write_text(f"{version + 1}\n")
+        os.replace(tmp, path)
 
 
 class Staging:
@@ -336,8 +418,10 @@ class Staging:
         step = on_step or (lambda _s: None)
         step("hash")
         entries = self.file_entries()
-        for attempt in range(100):
-            version = (self.store.versions(self.name) or [0])[-1] + 1 + attempt
+        for _attempt in range(100):
+            # Under the publish lock nobody else publishes; the retry below only matters
+            # for a publisher that bypasses it (an older genserve on the same store).
+            version = self.store.next_version(self.name)
             step("manifest")
             manifest = Manifest.model_validate(
                 {**fields, "name": self.name, "version": version, "files": [e.model_dump() for e in entries]}
@@ -363,6 +447,7 @@ class Staging:
                     continue
                 raise
             _fsync_dir(target.parent)
+            self.store._record_next_version(self.name, version)
             step("done")
             return self.store._read(target, self.name, version)
         raise StoreError(f"could not find a free version number for {self.name}")

@@ -22,11 +22,11 @@ from rich.console import Console
 
 import service
 from service.engine import build_engine, inline_caller, noise_rng
-from service.manifest import SCHEMA_VERSION, Manifest
+from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest
 from service.runtime import open_backend
 from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
 
-from .checkpoint import CheckpointInfo, load_checkpoint, read_info, run_key
+from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, read_info, run_key
 from .classifier import load_or_train_classifier
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
 from .evaluate import EvalSettings, ModelScores, score_model
@@ -254,17 +254,41 @@ def evaluate_and_publish(
         raise RuntimeError(f"publishing {name} failed verification: {exc}") from exc
 
 
+def check_same_kind(store: ModelStore, name: str, model: GenerativeModel, spec: DatasetSpec) -> None:
+    """Refuse to publish under `name` a model of another kind than its latest version: a
+    client asking for `gan-digits` must not silently get a VAE, or another data shape."""
+    try:
+        latest = store.open(name, verify=False).manifest
+    except StoreError:  # no version yet, or a damaged one: nothing to be consistent with
+        return
+    theirs = (latest.family, latest.conditioning.conditional, latest.dataset.shape, latest.dataset.levels)
+    ours = (model.family, model.conditional, spec.shape, spec.levels)
+    if theirs != ours:
+
+        def kind(family: str, conditional: bool, shape: Any, levels: int) -> str:
+            how = "conditional" if conditional else "unconditional"
+            return f"{how} {family} on {list(shape)} images of {levels} levels"
+
+        raise StoreError(
+            f"{name} v{latest.version} is a {kind(*theirs)}; refusing to publish a {kind(*ours)} "
+            f"under that name (choose another --name, or pass --force)"
+        )
+
+
 def export_checkpoint(
     checkpoint: Path,
     store_root: Path,
     cache: Path | None,
     name: str | None = None,
     step: Callable[[str], None] = lambda _s: None,
+    force: bool = False,
 ) -> ModelVersion:
     """`genserve export`: publish one trained checkpoint as a new store version."""
     model, info = load_checkpoint(checkpoint)
     data, splits = data_for(info)
     name = name or model_name(info.family, info.dataset, info.conditional)
+    if not force:
+        check_same_kind(ModelStore(store_root), name, model, data.spec)
     build_key = run_key({"train": info.key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
     return evaluate_and_publish(
         ModelStore(store_root), name, model, info, data, splits, cache, build_key, step=step
@@ -318,50 +342,91 @@ def build_store(
             family, data, conditional, config.model_dump(mode="json"), tcfg, (seed, seed), fractions
         )
         build_key = run_key({"train": key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
-        current = _up_to_date(store, name, build_key)
-        if current is not None:
-            console.print(f"[green]up to date[/] {name} v{current.version}")
-            outcomes.append(
-                BuildOutcome(name, "up to date", current.version, time.monotonic() - start, False)
-            )
-            continue
-        ckpt = checkpoints / f"{family}-{data.spec.name}{'' if conditional else '-uncond'}-s{seed}"
-        trained = False
-        if (ckpt / "checkpoint.json").exists() and read_info(ckpt).key == key:
-            model, info = load_checkpoint(ckpt)
-            console.print(f"reusing checkpoint {ckpt}")
-        else:
-            validator = None
-            if family == "gan":
-                epochs = (eval_settings or EvalSettings()).classifier_epochs
-                validator = gan_validator(data, splits, checkpoints, seed, epochs)
-            result = train_run(
-                family,
-                dataset,
-                conditional,
-                seed,
-                config_overrides=arch,
-                train_overrides=optim,
-                fractions=fractions,
-                checkpoint_dir=ckpt,
-                progress=progress,
-                validator=validator,
-            )
-            model, info = result.model, result.info
-            trained = True
-        version = evaluate_and_publish(
-            store,
-            name,
-            model,
-            info,
-            data,
-            splits,
-            checkpoints,
-            build_key,
-            eval_settings,
-            step=functools.partial(_say, console, name) if progress else _quiet,
-        )
-        elapsed = time.monotonic() - start
-        console.print(f"[green]published[/] {name} v{version.version} in {elapsed:.0f}s")
-        outcomes.append(BuildOutcome(name, "published", version.version, elapsed, trained))
+        # Checked and built under the model's publish lock: a concurrent build-store waits,
+        # then finds this version up to date instead of training and publishing a twin.
+        waiting = functools.partial(console.print, f"waiting for another publisher of {name}")
+        with store.lock(name, on_wait=waiting):
+            outcome = _build_one(
+                store, name, family, dataset, data, splits, conditional, seed, fractions, key, build_key,
+                checkpoints, arch, optim, eval_settings, console, progress, start,
+            )  # fmt: skip
+        outcomes.append(outcome)
     return outcomes
+
+
+def _reusable(ckpt: Path, key: str, console: Console) -> tuple[GenerativeModel, CheckpointInfo] | None:
+    """The checkpoint at `ckpt` if it was trained with `key` and loads intact."""
+    try:
+        if not (ckpt / "checkpoint.json").exists() or read_info(ckpt).key != key:
+            return None
+        found = load_checkpoint(ckpt)
+    except CheckpointError as exc:  # e.g. a run killed while saving: train again
+        console.print(f"[yellow]not reusing checkpoint[/] {ckpt}: {exc}")
+        return None
+    console.print(f"reusing checkpoint {ckpt}")
+    return found
+
+
+def _build_one(
+    store: ModelStore,
+    name: str,
+    family: str,
+    dataset: str,
+    data: ImageDataset,
+    splits: Splits,
+    conditional: bool,
+    seed: int,
+    fractions: SplitFractions,
+    key: str,
+    build_key: str,
+    checkpoints: Path,
+    arch: dict[str, Any],
+    optim: dict[str, Any],
+    eval_settings: EvalSettings | None,
+    console: Console,
+    progress: bool,
+    start: float,
+) -> BuildOutcome:
+    """Confirm, or train (or reuse a checkpoint), evaluate and publish one family."""
+    current = _up_to_date(store, name, build_key)
+    if current is not None:
+        console.print(f"[green]up to date[/] {name} v{current.version}")
+        return BuildOutcome(name, "up to date", current.version, time.monotonic() - start, False)
+    ckpt = checkpoints / f"{family}-{data.spec.name}{'' if conditional else '-uncond'}-s{seed}"
+    trained = False
+    if (found := _reusable(ckpt, key, console)) is not None:
+        model, info = found
+    else:
+        validator = None
+        if family == "gan":
+            epochs = (eval_settings or EvalSettings()).classifier_epochs
+            validator = gan_validator(data, splits, checkpoints, seed, epochs)
+        result = train_run(
+            family,
+            dataset,
+            conditional,
+            seed,
+            config_overrides=arch,
+            train_overrides=optim,
+            fractions=fractions,
+            checkpoint_dir=ckpt,
+            progress=progress,
+            validator=validator,
+        )
+        model, info = result.model, result.info
+        trained = True
+    version = evaluate_and_publish(
+        store,
+        name,
+        model,
+        info,
+        data,
+        splits,
+        checkpoints,
+        build_key,
+        eval_settings,
+        step=functools.partial(_say, console, name) if progress else _quiet,
+    )
+    elapsed = time.monotonic() - start
+    console.print(f"[green]published[/] {name} v{version.version} in {elapsed:.0f}s")
+    return BuildOutcome(name, "published", version.version, elapsed, trained)

@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
 import platform
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -44,6 +47,9 @@ class CheckpointInfo(BaseModel):
     data_sha256: str | None = Field(
         default=None, description="data_digest of the dataset trained on (None: older checkpoints)."
     )
+    weights_sha256: str | None = Field(
+        default=None, description="sha256 of weights.pt, checked on load (None: older checkpoints)."
+    )
     record: dict[str, Any] = Field(default_factory=dict, description="Epochs, timings, history.")
     created: str = Field(default_factory=lambda: datetime.now(UTC).isoformat(timespec="seconds"))
     versions: dict[str, str] = Field(
@@ -76,12 +82,32 @@ def run_key(parts: dict[str, Any]) -> str:
 
 
 def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Path) -> Path:
-    """Write weights and info into `directory` (created if needed)."""
+    """Write weights and info into `directory` (created if needed), crash-safely.
+
+    checkpoint.json is what makes a folder a checkpoint, so it goes first when replacing
+    and last when writing, and it records the weights' sha256: a process killed in
+    between leaves a folder that is retrained, never one whose weights belong to another
+    run (`build-store` reuses a checkpoint whose key matches).
+    """
     directory.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    torch.save(state, directory / "weights.pt")
-    (directory / "checkpoint.json").write_text(info.model_dump_json(indent=2))
+    tmp = directory / f".weights-{uuid.uuid4().hex}.pt"
+    torch.save(state, tmp)
+    info = info.model_copy(update={"weights_sha256": _sha256(tmp)})
+    (directory / "checkpoint.json").unlink(missing_ok=True)
+    os.replace(tmp, directory / "weights.pt")
+    tmp_info = directory / f".checkpoint-{uuid.uuid4().hex}.json"
+    tmp_info.write_text(info.model_dump_json(indent=2))
+    os.replace(tmp_info, directory / "checkpoint.json")
     return directory
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 class CheckpointError(ValueError):
@@ -105,9 +131,15 @@ def load_checkpoint(
 ) -> tuple[GenerativeModel, CheckpointInfo]:
     """Rebuild the model from its config and load its weights (safely: tensors only)."""
     info = read_info(directory)
+    weights = directory / "weights.pt"
+    if info.weights_sha256 is not None and (not weights.is_file() or _sha256(weights) != info.weights_sha256):
+        raise CheckpointError(f"{weights} is missing or does not match its checkpoint.json (retrain)")
     model = build_model(info.family, info.spec, info.conditional, info.config)
-    state = torch.load(directory / "weights.pt", map_location="cpu", weights_only=True)
-    model.load_state_dict(state)
+    try:
+        state = torch.load(weights, map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+        raise CheckpointError(f"{weights} cannot be loaded ({str(exc).splitlines()[0]}); retrain") from None
     model.to(device)
     model.eval()
     return model, info

@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
+import pickle
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -149,12 +152,21 @@ def load_or_train_classifier(
         info = weights.with_suffix(".json")
         if weights.exists() and info.exists():
             model = Classifier(data.spec).to(device)
-            model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
-            model.eval()
-            return model, json.loads(info.read_text())
+            try:
+                model.load_state_dict(torch.load(weights, map_location=device, weights_only=True))
+                cached: dict[str, float] = json.loads(info.read_text())
+                model.eval()
+                return model, cached
+            except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
+                pass  # a damaged cache entry (e.g. a killed write): train it again
     model, metrics = train_classifier(data, splits, seed=seed, epochs=epochs, device=device)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
-        torch.save(model.state_dict(), weights)
-        info.write_text(json.dumps(metrics))
+        # Written aside and renamed into place, weights before the info that marks them valid.
+        tmp = cache_dir / f".{weights.name}.{uuid.uuid4().hex}"
+        torch.save(model.state_dict(), tmp)
+        os.replace(tmp, weights)
+        tmp = cache_dir / f".{info.name}.{uuid.uuid4().hex}"
+        tmp.write_text(json.dumps(metrics))
+        os.replace(tmp, info)
     return model, metrics

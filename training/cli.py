@@ -221,12 +221,20 @@ def export(
     store: StoreOption = None,
     name: Annotated[str | None, typer.Option(help="Store name (default <family>-<dataset>).")] = None,
     checkpoints: Annotated[Path, typer.Option(help="Classifier cache.")] = DEFAULT_CHECKPOINTS,
+    force: Annotated[
+        bool, typer.Option(help="Publish even if the name's latest version is another kind of model.")
+    ] = False,
 ) -> None:
     """Evaluate a checkpoint, export its graphs (ONNX + TorchScript, parity-checked), publish."""
     from .build import export_checkpoint
 
     version = export_checkpoint(
-        checkpoint, _store_root(store), checkpoints, name, step=lambda text: console.print(f"  {text}")
+        checkpoint,
+        _store_root(store),
+        checkpoints,
+        name,
+        step=lambda text: console.print(f"  {text}"),
+        force=force,
     )
     console.print(f"[green]published[/] {version.name} v{version.version} -> {version.path}")
 

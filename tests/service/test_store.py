@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -106,8 +108,9 @@ def test_publish_list_open_verify(store: ModelStore) -> None:
     assert latest.version == 2 and latest.manifest.build_key == "c"
     assert store.open("gan-toy", 1).manifest.build_key == "b"
     assert {f.path for f in latest.manifest.files} == {"generate.onnx", "generate.pt"}
-    # nothing but the version folders is left behind
-    assert sorted(p.name for p in (store.root / "gan-toy").iterdir()) == ["1", "2"]
+    # nothing but the version folders and the publish bookkeeping is left behind
+    left = sorted(p.name for p in (store.root / "gan-toy").iterdir())
+    assert left == [".lock", ".next-version", "1", "2"]
 
 
 def test_missing_model_and_version(store: ModelStore) -> None:
@@ -142,7 +145,8 @@ def test_interrupted_publish_leaves_no_version(store: ModelStore, step: str) -> 
         stage.commit(fields(build_key="new"), on_step=crash)
     assert store.versions("gan-toy") == [1]
     assert store.open("gan-toy").manifest.build_key == "b"
-    assert [p.name for p in (store.root / "gan-toy").iterdir()] == ["1"]
+    left = sorted(p.name for p in (store.root / "gan-toy").iterdir())
+    assert left == [".lock", ".next-version", "1"]  # no staging folder left behind
 
 
 def test_hard_crash_leftovers_are_invisible_and_collectable(store: ModelStore) -> None:
@@ -154,8 +158,66 @@ def test_hard_crash_leftovers_are_invisible_and_collectable(store: ModelStore) -
     (leftover / MANIFEST).write_text("{}")
     assert store.versions("gan-toy") == [1]
     assert store.open("gan-toy").version == 1
-    assert store.remove_stale_staging("gan-toy") == 1
+    with pytest.raises(RuntimeError, match="lock"):  # a live publisher may own it
+        store.remove_stale_staging("gan-toy")
+    assert publish(store) == 2  # the next publish, holding the lock, collects it
     assert not leftover.exists()
+
+
+def test_version_numbers_are_never_reused(store: ModelStore) -> None:
+    assert [publish(store) for _ in range(3)] == [1, 2, 3]
+    shutil.rmtree(store.root / "gan-toy" / "3")  # an operator deletes a bad latest version
+    assert publish(store) == 4  # a client pinned to 3 can never get other content
+    (store.root / "gan-toy" / ".next-version").unlink()  # an older store without the record
+    assert publish(store) == 5
+
+
+def test_publishers_take_turns(store: ModelStore) -> None:
+    """A second publisher (another build-store) waits for the first to finish, so it can
+    see the version just published rather than publish a duplicate."""
+    other = ModelStore(store.root)
+    order: list[str] = []
+    with store.lock("gan-toy"):
+
+        def second() -> None:
+            with other.lock("gan-toy"):
+                order.append("second")
+
+        thread = threading.Thread(target=second)
+        thread.start()
+        thread.join(timeout=0.3)
+        assert thread.is_alive()  # blocked on the lock
+        order.append("first")
+    thread.join(timeout=5)
+    assert order == ["first", "second"]
+    with store.lock("gan-toy"), store.staging("gan-toy"):  # re-entrant in one store object
+        pass
+
+
+def test_one_unreadable_model_does_not_hide_the_others(
+    store: ModelStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    publish(store, "gan-toy")
+    publish(store, "vae-toy")
+    real = ModelStore.versions
+
+    def versions(self: ModelStore, name: str) -> list[int]:
+        if name == "gan-toy":
+            raise StoreError("cannot read gan-toy (Permission denied)")
+        return real(self, name)
+
+    monkeypatch.setattr(ModelStore, "versions", versions)
+    assert store.names() == ["gan-toy", "vae-toy"]  # listed, to fail when opened
+    assert store.open("vae-toy").version == 1
+    with pytest.raises(StoreError, match="Permission denied"):
+        store.open("gan-toy")
+
+
+def test_a_file_where_a_model_folder_belongs_is_a_store_error(store: ModelStore) -> None:
+    store.root.mkdir()
+    (store.root / "gan-toy").write_text("not a folder")
+    with pytest.raises(StoreError, match="is a file"):
+        publish(store)
 
 
 @pytest.mark.parametrize(
