@@ -195,12 +195,13 @@ def validate_arrays(
             raise DataError(f"y has shape {list(y.shape)}; expected one label per example [{x.shape[0]}]")
         if y.min() < 0:
             raise DataError("y has negative labels")
-        labels = y.astype(np.int64)
-        n_classes = int(labels.max()) + 1
+        # Checked before the cast: a uint64 label above 2**63 would wrap to a negative int64.
+        n_classes = int(y.max()) + 1
         if n_classes > MAX_CLASSES:
             raise DataError(
                 f"y uses labels up to {n_classes - 1}; at most {MAX_CLASSES} classes are supported"
             )
+        labels = y.astype(np.int64)
         if label_names is None:
             names = [str(i) for i in range(n_classes)]
         else:

@@ -114,6 +114,11 @@ def test_user_npz_round_trip(tmp_path: Path) -> None:
         ({"x": np.zeros((20, 8, 8, 3), dtype=np.int64)}, "looks channels-last"),
         ({"x": np.zeros((20, 28, 28, 1), dtype=np.int64)}, r"np.moveaxis\(x, -1, 1\)"),
         ({"x": np.zeros((20, 4, 4), dtype=np.int64), "extra": np.zeros(1)}, "unexpected keys"),
+        # found by the fuzz test: uint64 labels above 2**63 wrapped to negative int64
+        (
+            {"x": np.zeros((10, 4, 4), dtype=np.int64), "y": np.full(10, 2**64 - 1, dtype=np.uint64)},
+            "at most .* classes",
+        ),
     ],
 )
 def test_bad_user_files_name_the_problem(tmp_path: Path, arrays: dict[str, np.ndarray], message: str) -> None:
