@@ -15,15 +15,15 @@ are allowed, and nothing is ever unpickled.
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import os
 import re
 import shutil
+import threading
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -127,7 +127,6 @@ class ModelStore:
 
     def __init__(self, root: Path | str) -> None:
         self.root = Path(root)
-        self._locks: dict[str, tuple[int, int]] = {}  # name -> (fd, depth) of the locks held
 
     # --- naming and paths ----------------------------------------------------------------
     @staticmethod
@@ -305,29 +304,60 @@ class ModelStore:
             raise StoreError(f"cannot create {folder} ({exc.strerror})") from None
         return folder
 
+    def _lock_key(self, name: str) -> tuple[str, str]:
+        return (str(self.root.resolve()), self.check_name(name))
+
+    def holds_lock(self, name: str) -> bool:
+        """Whether this thread holds the model's publish lock (through any store object)."""
+        held = _HELD.get(self._lock_key(name))
+        return held is not None and held.owner == threading.get_ident()
+
     @contextlib.contextmanager
     def lock(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
-        """Hold the model's publish lock (re-entrant within this store object).
+        """Hold the model's publish lock: re-entrant in a thread, exclusive across threads
+        and processes.
 
         A second publisher, e.g. another `build-store`, waits here until the first is done,
         so it can see the version just published instead of training and publishing a
-        duplicate. The lock is an flock: the kernel drops it if its holder dies. `on_wait`
-        is called once if the lock is busy, before waiting for it.
+        duplicate. Across processes it is an flock on `<name>/.lock` (the kernel drops it
+        if its holder dies; on NFS, flock is only as good as the mount's lock support).
+        Within a process, every store object on the same root shares one lock per model,
+        so nesting two of them cannot deadlock. `on_wait` is called once if the lock is
+        busy, before waiting for it. Readers (the server, `store list`) never take it.
         """
-        if name in self._locks:
-            fd, depth = self._locks[name]
-            self._locks[name] = (fd, depth + 1)
+        key = self._lock_key(name)
+        with _HELD_GUARD:
+            held = _HELD.setdefault(key, _Held())
+        if not held.mutex.acquire(blocking=False):
+            if on_wait is not None:
+                on_wait()
+            held.mutex.acquire()
+        try:
+            if held.depth == 0:
+                held.fd = self._flock(name, on_wait)
+                held.owner = threading.get_ident()
+            held.depth += 1
             try:
                 yield
             finally:
-                fd, depth = self._locks[name]
-                self._locks[name] = (fd, depth - 1)
-            return
-        folder = self._writable_model_dir(name)
+                held.depth -= 1
+                if held.depth == 0:
+                    held.owner = None
+                    if held.fd is not None:
+                        os.close(held.fd)  # releases the flock
+                        held.fd = None
+        finally:
+            held.mutex.release()
+
+    def _flock(self, name: str, on_wait: Callable[[], None] | None) -> int:
+        import fcntl  # here, not at the top: reading a store must work where fcntl is missing
+
+        path = self._writable_model_dir(name) / LOCK_FILE
         try:
-            fd = os.open(folder / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+            # Read-only is enough for flock; create the file only if it is missing.
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (0 if path.exists() else os.O_CREAT), 0o644)
         except OSError as exc:
-            raise StoreError(f"cannot lock {folder} for publishing ({exc.strerror})") from None
+            raise StoreError(f"cannot lock {path} for publishing ({exc.strerror})") from None
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -335,37 +365,43 @@ class ModelStore:
                 if on_wait is not None:
                     on_wait()
                 fcntl.flock(fd, fcntl.LOCK_EX)
-            self._locks[name] = (fd, 1)
-            yield
-        finally:
-            self._locks.pop(name, None)
-            os.close(fd)  # releases the flock
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
 
     @contextlib.contextmanager
-    def staging(self, name: str) -> Iterator[Staging]:
+    def staging(self, name: str, on_wait: Callable[[], None] | None = None) -> Iterator[Staging]:
         """A private folder to write a new version into, under the model's publish lock;
-        removed unless committed. Staging folders found then are from crashed publishes."""
-        with self.lock(name):
+        removed unless committed. Staging folders found then that no publisher of this
+        process has open are from crashed publishes, and are deleted."""
+        with self.lock(name, on_wait):
             folder = self._writable_model_dir(name)
             self.remove_stale_staging(name)
             stage = Staging(self, name, folder / f"{STAGING_PREFIX}{uuid.uuid4().hex}")
             stage.path.mkdir()
+            _LIVE_STAGING.add(stage.path)
             try:
                 yield stage
             finally:
+                _LIVE_STAGING.discard(stage.path)
                 if stage.path.exists():
                     shutil.rmtree(stage.path, ignore_errors=True)
 
     def remove_stale_staging(self, name: str) -> int:
         """Delete staging folders left by crashed publishes; returns how many.
 
-        Only safe under the model's publish lock, where no live publisher has one open."""
-        if name not in self._locks:
+        Only safe under the model's publish lock, where no other live publisher exists."""
+        if not self.holds_lock(name):
             raise RuntimeError("remove_stale_staging needs the model's publish lock")
         folder = self._model_dir(name)
         if not folder.is_dir():
             return 0
-        stale = [c for c in folder.iterdir() if c.name.startswith(STAGING_PREFIX) and c.is_dir()]
+        stale = [
+            c
+            for c in folder.iterdir()
+            if c.name.startswith(STAGING_PREFIX) and c.is_dir() and c not in _LIVE_STAGING
+        ]
         for c in stale:
             shutil.rmtree(c, ignore_errors=True)
         return len(stale)
@@ -374,17 +410,47 @@ class ModelStore:
         """The number the next publish gets: above every version published before, even
         one deleted since (so a client pinned to a number never gets other content)."""
         latest = (self.versions(name) or [0])[-1]
+        path = self._model_dir(name) / NEXT_VERSION
         try:
-            recorded = int((self._model_dir(name) / NEXT_VERSION).read_text().strip())
-        except (OSError, ValueError):
-            recorded = 0
-        return max(latest + 1, recorded)
+            text = path.read_text().strip()
+        except FileNotFoundError:  # a store from before the record existed
+            return latest + 1
+        except OSError as exc:
+            raise StoreError(f"cannot read {path} ({exc.strerror})") from None
+        if not VERSION_PATTERN.fullmatch(text):
+            raise StoreError(f"{path} is damaged ({text[:20]!r}); it must hold the next version number")
+        return max(latest + 1, int(text))
 
     def _record_next_version(self, name: str, version: int) -> None:
+        """Record `version` + 1 as the next number (atomically, fsynced)."""
+        if not VERSION_PATTERN.fullmatch(str(version + 1)):
+            raise StoreError(f"{name} has run out of version numbers (at {version})")
         path = self._model_dir(name) / NEXT_VERSION
         tmp = path.with_name(f"{NEXT_VERSION}.{uuid.uuid4().hex}")
-        tmp.write_text(f"{version + 1}\n")
-        os.replace(tmp, path)
+        try:
+            with tmp.open("w") as fh:
+                fh.write(f"{version + 1}\n")
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except OSError as exc:
+            tmp.unlink(missing_ok=True)
+            raise StoreError(f"cannot record the next version in {path} ({exc.strerror})") from None
+
+
+@dataclass
+class _Held:
+    """A model's publish lock within this process: who holds it, how deep, its flock fd."""
+
+    mutex: threading.RLock = field(default_factory=threading.RLock)
+    owner: int | None = None
+    depth: int = 0
+    fd: int | None = None
+
+
+_HELD_GUARD = threading.Lock()
+_HELD: dict[tuple[str, str], _Held] = {}  # (store root, model name) -> its lock here
+_LIVE_STAGING: set[Path] = set()  # staging folders of this process's live publishes
 
 
 class Staging:
@@ -418,10 +484,11 @@ class Staging:
         step = on_step or (lambda _s: None)
         step("hash")
         entries = self.file_entries()
+        floor = 0
         for _attempt in range(100):
             # Under the publish lock nobody else publishes; the retry below only matters
             # for a publisher that bypasses it (an older genserve on the same store).
-            version = self.store.next_version(self.name)
+            version = max(self.store.next_version(self.name), floor)
             step("manifest")
             manifest = Manifest.model_validate(
                 {**fields, "name": self.name, "version": version, "files": [e.model_dump() for e in entries]}
@@ -438,16 +505,18 @@ class Staging:
             self.store.verify_folder(self.path, self.name, version)
             step("rename")
             target = self.store._version_dir(self.name, version)
+            # Recorded before the rename: a crash in between skips a number, never reuses one.
+            self.store._record_next_version(self.name, version)
             try:
                 # rename(2) onto a non-existent path is atomic; a concurrent publisher
                 # that took this number makes it fail, and we try the next number.
                 os.rename(self.path, target)
             except OSError:
-                if target.exists():
+                if target.exists() or target.is_symlink():
+                    floor = version + 1
                     continue
                 raise
             _fsync_dir(target.parent)
-            self.store._record_next_version(self.name, version)
             step("done")
             return self.store._read(target, self.name, version)
         raise StoreError(f"could not find a free version number for {self.name}")

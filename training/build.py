@@ -254,19 +254,22 @@ def evaluate_and_publish(
         raise RuntimeError(f"publishing {name} failed verification: {exc}") from exc
 
 
-def check_same_kind(store: ModelStore, name: str, model: GenerativeModel, spec: DatasetSpec) -> None:
+def check_same_kind(store: ModelStore, name: str, family: str, conditional: bool, spec: DatasetSpec) -> None:
     """Refuse to publish under `name` a model of another kind than its latest version: a
-    client asking for `gan-digits` must not silently get a VAE, or another data shape."""
+    client asking for `gan-digits` must not silently get a VAE, another data shape, or a
+    `y` input over another number of classes."""
     try:
         latest = store.open(name, verify=False).manifest
     except StoreError:  # no version yet, or a damaged one: nothing to be consistent with
         return
-    theirs = (latest.family, latest.conditioning.conditional, latest.dataset.shape, latest.dataset.levels)
-    ours = (model.family, model.conditional, spec.shape, spec.levels)
+    data = latest.dataset
+    classes = data.num_classes if latest.conditioning.conditional else 0
+    theirs = (latest.family, latest.conditioning.conditional, tuple(data.shape), data.levels, classes)
+    ours = (family, conditional, tuple(spec.shape), spec.levels, spec.num_classes if conditional else 0)
     if theirs != ours:
 
-        def kind(family: str, conditional: bool, shape: Any, levels: int) -> str:
-            how = "conditional" if conditional else "unconditional"
+        def kind(family: str, conditional: bool, shape: Any, levels: int, classes: int) -> str:
+            how = f"conditional ({classes} classes)" if conditional else "unconditional"
             return f"{how} {family} on {list(shape)} images of {levels} levels"
 
         raise StoreError(
@@ -287,12 +290,12 @@ def export_checkpoint(
     model, info = load_checkpoint(checkpoint)
     data, splits = data_for(info)
     name = name or model_name(info.family, info.dataset, info.conditional)
-    if not force:
-        check_same_kind(ModelStore(store_root), name, model, data.spec)
     build_key = run_key({"train": info.key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
-    return evaluate_and_publish(
-        ModelStore(store_root), name, model, info, data, splits, cache, build_key, step=step
-    )
+    store = ModelStore(store_root)
+    with store.lock(name, on_wait=lambda: step(f"waiting for another publisher of {name}")):
+        if not force:
+            check_same_kind(store, name, info.family, info.conditional, data.spec)
+        return evaluate_and_publish(store, name, model, info, data, splits, cache, build_key, step=step)
 
 
 def _say(console: Console, name: str, text: str) -> None:
@@ -315,8 +318,12 @@ def build_store(
     config_overrides: dict[str, dict[str, Any]] | None = None,
     train_overrides: dict[str, dict[str, Any]] | None = None,
     eval_settings: EvalSettings | None = None,
+    force: bool = False,
 ) -> list[BuildOutcome]:
     """Build (or confirm) one store version per family; returns what was done.
+
+    A name whose latest version is another kind of model (family, conditioning, data
+    shape, levels or classes) is refused before training, unless `force`.
 
     The overrides (family -> settings) exist for tests and experiments; the default zoo
     uses the defaults tuned for each family.
@@ -342,14 +349,23 @@ def build_store(
             family, data, conditional, config.model_dump(mode="json"), tcfg, (seed, seed), fractions
         )
         build_key = run_key({"train": key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
-        # Checked and built under the model's publish lock: a concurrent build-store waits,
-        # then finds this version up to date instead of training and publishing a twin.
-        waiting = functools.partial(console.print, f"waiting for another publisher of {name}")
-        with store.lock(name, on_wait=waiting):
-            outcome = _build_one(
-                store, name, family, dataset, data, splits, conditional, seed, fractions, key, build_key,
-                checkpoints, arch, optim, eval_settings, console, progress, start,
-            )  # fmt: skip
+        # An up-to-date model needs no lock (so a read-only store that is complete builds
+        # fine). Otherwise checked again and built under the model's publish lock: a
+        # concurrent build-store waits, then finds it up to date instead of publishing a twin.
+        current = _up_to_date(store, name, build_key)
+        if current is None:
+            waiting = functools.partial(console.print, f"waiting for another publisher of {name}")
+            with store.lock(name, on_wait=waiting):
+                current = _up_to_date(store, name, build_key)
+                if current is None:
+                    outcome = _build_one(
+                        store, name, family, dataset, data, splits, conditional, seed, fractions, key,
+                        build_key, checkpoints, arch, optim, eval_settings, console, progress, start,
+                        force,
+                    )  # fmt: skip
+        if current is not None:
+            console.print(f"[green]up to date[/] {name} v{current.version}")
+            outcome = BuildOutcome(name, "up to date", current.version, time.monotonic() - start, False)
         outcomes.append(outcome)
     return outcomes
 
@@ -386,12 +402,11 @@ def _build_one(
     console: Console,
     progress: bool,
     start: float,
+    force: bool,
 ) -> BuildOutcome:
-    """Confirm, or train (or reuse a checkpoint), evaluate and publish one family."""
-    current = _up_to_date(store, name, build_key)
-    if current is not None:
-        console.print(f"[green]up to date[/] {name} v{current.version}")
-        return BuildOutcome(name, "up to date", current.version, time.monotonic() - start, False)
+    """Train (or reuse a checkpoint), evaluate and publish one family (under its lock)."""
+    if not force:  # before training: minutes must not be spent on a refused publish
+        check_same_kind(store, name, family, conditional, data.spec)
     ckpt = checkpoints / f"{family}-{data.spec.name}{'' if conditional else '-uncond'}-s{seed}"
     trained = False
     if (found := _reusable(ckpt, key, console)) is not None:

@@ -8,6 +8,7 @@ Layout of a checkpoint directory:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import pickle
@@ -90,6 +91,8 @@ def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Pat
     run (`build-store` reuses a checkpoint whose key matches).
     """
     directory.mkdir(parents=True, exist_ok=True)
+    for leftover in [*directory.glob(".weights-*.pt"), *directory.glob(".checkpoint-*.json")]:
+        leftover.unlink(missing_ok=True)  # from a save that was killed
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = directory / f".weights-{uuid.uuid4().hex}.pt"
     torch.save(state, tmp)
@@ -132,13 +135,17 @@ def load_checkpoint(
     """Rebuild the model from its config and load its weights (safely: tensors only)."""
     info = read_info(directory)
     weights = directory / "weights.pt"
-    if info.weights_sha256 is not None and (not weights.is_file() or _sha256(weights) != info.weights_sha256):
-        raise CheckpointError(f"{weights} is missing or does not match its checkpoint.json (retrain)")
+    try:
+        blob = weights.read_bytes()  # read once: what is hashed is what is loaded
+    except OSError as exc:
+        raise CheckpointError(f"{weights} cannot be read ({exc.strerror}); retrain") from None
+    if info.weights_sha256 is not None and hashlib.sha256(blob).hexdigest() != info.weights_sha256:
+        raise CheckpointError(f"{weights} does not match its checkpoint.json (retrain)")
     model = build_model(info.family, info.spec, info.conditional, info.config)
     try:
-        state = torch.load(weights, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+    except (RuntimeError, EOFError, pickle.UnpicklingError) as exc:
         raise CheckpointError(f"{weights} cannot be loaded ({str(exc).splitlines()[0]}); retrain") from None
     model.to(device)
     model.eval()

@@ -163,6 +163,7 @@ def load_or_train_classifier(
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)
         # Written aside and renamed into place, weights before the info that marks them valid.
+        info.unlink(missing_ok=True)
         tmp = cache_dir / f".{weights.name}.{uuid.uuid4().hex}"
         torch.save(model.state_dict(), tmp)
         os.replace(tmp, weights)

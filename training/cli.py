@@ -193,6 +193,9 @@ def build_store_cmd(
     family: Annotated[list[str] | None, typer.Option(help="Families to build (default: all four).")] = None,
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option()] = 0,
+    force: Annotated[
+        bool, typer.Option(help="Publish even where a name's latest version is another kind of model.")
+    ] = False,
 ) -> None:
     """Train (or reuse), evaluate, export and publish the default zoo; does nothing if up to date."""
     import time
@@ -204,7 +207,14 @@ def build_store_cmd(
     start = time.monotonic()
     root = _store_root(store)
     outcomes = build_store(
-        root, checkpoints, dataset, tuple(family or DEFAULT_FAMILIES), conditional, seed, console=console
+        root,
+        checkpoints,
+        dataset,
+        tuple(family or DEFAULT_FAMILIES),
+        conditional,
+        seed,
+        console=console,
+        force=force,
     )
     table = Table(title=f"model store {root}")
     for col in ("model", "version", "action", "trained", "seconds"):
@@ -266,7 +276,11 @@ def store_list(store: StoreOption = None) -> None:
                 m.created,
             )
         except StoreError as exc:
-            table.add_row(model, ", ".join(map(str, ms.versions(model))), "?", "?", f"unreadable: {exc}")
+            try:
+                versions = ", ".join(map(str, ms.versions(model)))
+            except StoreError:  # the model folder itself cannot be read
+                versions = "?"
+            table.add_row(model, versions, "?", "?", f"unreadable: {exc}")
     console.print(table)
 
 

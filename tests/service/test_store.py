@@ -190,8 +190,42 @@ def test_publishers_take_turns(store: ModelStore) -> None:
         order.append("first")
     thread.join(timeout=5)
     assert order == ["first", "second"]
-    with store.lock("gan-toy"), store.staging("gan-toy"):  # re-entrant in one store object
-        pass
+
+
+def test_the_lock_is_per_thread_and_shared_by_store_objects(store: ModelStore) -> None:
+    # Two threads sharing one store object still take turns.
+    entered = threading.Event()
+
+    def second() -> None:
+        with store.lock("gan-toy"):
+            entered.set()
+
+    with store.lock("gan-toy"):
+        thread = threading.Thread(target=second)
+        thread.start()
+        assert not entered.wait(0.3)
+    assert entered.wait(5)
+    thread.join()
+    # In one thread: re-entrant through any store object on the same root (no deadlock),
+    # and a nested publish never deletes the outer one's live staging folder.
+    other = ModelStore(store.root)
+    with store.staging("gan-toy") as outer, other.staging("gan-toy") as inner:
+        write_graph_files(inner.path)
+        assert inner.commit(fields()).version == 1
+        assert outer.path.exists()
+        write_graph_files(outer.path)
+        assert outer.commit(fields()).version == 2
+
+
+def test_version_bookkeeping_is_checked(store: ModelStore) -> None:
+    publish(store)
+    record = store.root / "gan-toy" / ".next-version"
+    record.write_text("garbage")
+    with pytest.raises(StoreError, match="damaged"):
+        publish(store)
+    record.write_text("2\n")
+    (store.root / "gan-toy" / "2").write_text("a file where version 2 would go")
+    assert publish(store) == 3  # moves past a taken number instead of failing
 
 
 def test_one_unreadable_model_does_not_hide_the_others(
