@@ -19,6 +19,7 @@ import hashlib
 import os
 import re
 import shutil
+import stat
 import threading
 import uuid
 import zipfile
@@ -164,12 +165,12 @@ class ModelStore:
             raise StoreError(f"cannot read the store at {self.root} ({exc.strerror})") from None
         out = []
         for child in children:
-            plain = not child.is_symlink() and NAME_PATTERN.fullmatch(child.name) and child.is_dir()
-            if not plain:
-                continue
             try:
+                plain = not child.is_symlink() and NAME_PATTERN.fullmatch(child.name) and child.is_dir()
+                if not plain:
+                    continue
                 listed = bool(self.versions(child.name))
-            except StoreError:
+            except (StoreError, OSError):
                 # Unreadable: listed, so that opening it fails for this model alone (and
                 # names the problem) instead of hiding it or failing every other model.
                 listed = True
@@ -188,14 +189,13 @@ class ModelStore:
         try:
             if not folder.is_dir():
                 return []
-            children = list(folder.iterdir())
-        except OSError as exc:
+            found = [
+                int(c.name)
+                for c in folder.iterdir()
+                if VERSION_PATTERN.fullmatch(c.name) and not c.is_symlink() and c.is_dir()
+            ]
+        except OSError as exc:  # e.g. a folder that may be listed but not searched
             raise StoreError(f"cannot read {folder} ({exc.strerror})") from None
-        found = [
-            int(c.name)
-            for c in children
-            if VERSION_PATTERN.fullmatch(c.name) and not c.is_symlink() and c.is_dir()
-        ]
         return sorted(found)
 
     def latest(self, name: str) -> int:
@@ -326,38 +326,48 @@ class ModelStore:
         busy, before waiting for it. Readers (the server, `store list`) never take it.
         """
         key = self._lock_key(name)
+        me = threading.get_ident()
         with _HELD_GUARD:
             held = _HELD.setdefault(key, _Held())
-        if not held.mutex.acquire(blocking=False):
-            if on_wait is not None:
-                on_wait()
-            held.mutex.acquire()
+        with held.turn:
+            if held.owner == me:
+                held.depth += 1
+                first = False
+            else:
+                if held.owner is not None and on_wait is not None:
+                    on_wait()
+                while held.owner is not None:
+                    held.turn.wait()
+                held.owner, held.depth, first = me, 1, True
         try:
-            if held.depth == 0:
+            if first:
                 held.fd = self._flock(name, on_wait)
-                held.owner = threading.get_ident()
-            held.depth += 1
-            try:
-                yield
-            finally:
+            yield
+        finally:
+            # Plain bookkeeping, no thread-owned primitive: a context exited on another
+            # thread (a thread pool's) releases it all the same.
+            with held.turn:
                 held.depth -= 1
                 if held.depth == 0:
-                    held.owner = None
                     if held.fd is not None:
                         os.close(held.fd)  # releases the flock
                         held.fd = None
-        finally:
-            held.mutex.release()
+                    held.owner = None
+                    held.turn.notify_all()
 
     def _flock(self, name: str, on_wait: Callable[[], None] | None) -> int:
         import fcntl  # here, not at the top: reading a store must work where fcntl is missing
 
         path = self._writable_model_dir(name) / LOCK_FILE
         try:
-            # Read-only is enough for flock; create the file only if it is missing.
-            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | (0 if path.exists() else os.O_CREAT), 0o644)
+            # Opened for writing: only those who may publish may hold the lock (and NFS's
+            # flock emulation needs it). Non-blocking open: a FIFO planted here must not hang.
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
             raise StoreError(f"cannot lock {path} for publishing ({exc.strerror})") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise StoreError(f"{path} is not a regular file; cannot lock the model for publishing")
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -379,12 +389,16 @@ class ModelStore:
             folder = self._writable_model_dir(name)
             self.remove_stale_staging(name)
             stage = Staging(self, name, folder / f"{STAGING_PREFIX}{uuid.uuid4().hex}")
-            stage.path.mkdir()
-            _LIVE_STAGING.add(stage.path)
+            try:
+                stage.path.mkdir()
+            except OSError as exc:
+                raise StoreError(f"cannot write to {folder} ({exc.strerror})") from None
+            live = stage.path.resolve()  # the same folder, however the store root is spelled
+            _LIVE_STAGING.add(live)
             try:
                 yield stage
             finally:
-                _LIVE_STAGING.discard(stage.path)
+                _LIVE_STAGING.discard(live)
                 if stage.path.exists():
                     shutil.rmtree(stage.path, ignore_errors=True)
 
@@ -400,7 +414,7 @@ class ModelStore:
         stale = [
             c
             for c in folder.iterdir()
-            if c.name.startswith(STAGING_PREFIX) and c.is_dir() and c not in _LIVE_STAGING
+            if c.name.startswith(STAGING_PREFIX) and c.is_dir() and c.resolve() not in _LIVE_STAGING
         ]
         for c in stale:
             shutil.rmtree(c, ignore_errors=True)
@@ -442,8 +456,8 @@ class ModelStore:
 class _Held:
     """A model's publish lock within this process: who holds it, how deep, its flock fd."""
 
-    mutex: threading.RLock = field(default_factory=threading.RLock)
-    owner: int | None = None
+    turn: threading.Condition = field(default_factory=threading.Condition)
+    owner: int | None = None  # thread id
     depth: int = 0
     fd: int | None = None
 
@@ -504,7 +518,11 @@ class Staging:
             step("verify")
             self.store.verify_folder(self.path, self.name, version)
             step("rename")
-            target = self.store._version_dir(self.name, version)
+            try:
+                target = self.store._version_dir(self.name, version)
+            except InvalidNameError:  # a link planted at this number: never published over
+                floor = version + 1
+                continue
             # Recorded before the rename: a crash in between skips a number, never reuses one.
             self.store._record_next_version(self.name, version)
             try:

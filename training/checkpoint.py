@@ -91,8 +91,6 @@ def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Pat
     run (`build-store` reuses a checkpoint whose key matches).
     """
     directory.mkdir(parents=True, exist_ok=True)
-    for leftover in [*directory.glob(".weights-*.pt"), *directory.glob(".checkpoint-*.json")]:
-        leftover.unlink(missing_ok=True)  # from a save that was killed
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = directory / f".weights-{uuid.uuid4().hex}.pt"
     torch.save(state, tmp)

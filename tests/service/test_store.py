@@ -226,6 +226,30 @@ def test_version_bookkeeping_is_checked(store: ModelStore) -> None:
     record.write_text("2\n")
     (store.root / "gan-toy" / "2").write_text("a file where version 2 would go")
     assert publish(store) == 3  # moves past a taken number instead of failing
+    os.symlink(store.root / "gan-toy" / "1", store.root / "gan-toy" / "4")
+    assert publish(store) == 5  # and past a link planted at the next number
+    lock = store.root / "gan-toy" / ".lock"
+    lock.unlink()
+    os.mkfifo(lock)  # a FIFO must not hang the publisher
+    with pytest.raises(StoreError, match="not a regular file"):
+        publish(store)
+
+
+def test_a_lock_released_on_another_thread_is_released(store: ModelStore) -> None:
+    """A context entered on one thread and exited on another (as a thread pool may do)."""
+    context = store.lock("gan-toy")
+    context.__enter__()
+    thread = threading.Thread(target=lambda: context.__exit__(None, None, None))
+    thread.start()
+    thread.join(timeout=5)
+    done = threading.Event()
+
+    def publish_later() -> None:
+        publish(ModelStore(store.root))
+        done.set()
+
+    threading.Thread(target=publish_later).start()
+    assert done.wait(10)  # not wedged
 
 
 def test_one_unreadable_model_does_not_hide_the_others(
