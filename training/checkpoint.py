@@ -22,6 +22,7 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service.manifest import DatasetSpec
+from service.store import sha256_file
 
 from .families import GenerativeModel, build_model
 
@@ -94,21 +95,13 @@ def save_checkpoint(model: GenerativeModel, info: CheckpointInfo, directory: Pat
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     tmp = directory / f".weights-{uuid.uuid4().hex}.pt"
     torch.save(state, tmp)
-    info = info.model_copy(update={"weights_sha256": _sha256(tmp)})
+    info = info.model_copy(update={"weights_sha256": sha256_file(tmp)})
     (directory / "checkpoint.json").unlink(missing_ok=True)
     os.replace(tmp, directory / "weights.pt")
     tmp_info = directory / f".checkpoint-{uuid.uuid4().hex}.json"
     tmp_info.write_text(info.model_dump_json(indent=2))
     os.replace(tmp_info, directory / "checkpoint.json")
     return directory
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 class CheckpointError(ValueError):

@@ -104,12 +104,13 @@ class PixelCNNEngine(Engine):
             )
         known = mask.astype(bool)
         M = particles or DEFAULT_PARTICLES
-        if not needs_particles(known) or M == 1:
+        exact = not needs_particles(known)
+        if exact or M == 1:
             u = rng.random(x.shape, dtype=np.float32)
             done = await self._fill(x, known, labels, u, 1.0)
             how = (
                 "given the known pixels, all of which come before them in raster order (an exact draw)"
-                if not needs_particles(known)
+                if exact
                 else "given the known pixels before them only (particles=1: the plain draw; known "
                 "pixels after a missing one are kept but not conditioned on)"
             )
