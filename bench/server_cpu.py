@@ -2,8 +2,10 @@
 
     python -m bench.server_cpu --model flow-digits -c 64 [--sample] [--env GENSERVE_LANES=1]
 
-Prints the load generator's figures and the server process's CPU time per request and
-cores used (from /proc), the numbers behind the per-change figures in docs/benchmarks.md.
+Prints the load generator's figures, the server process's CPU time per request and cores
+used (from /proc), the cores each of its busy threads used (the main thread runs the event
+loop; the others are the runtime's lanes and pools), and the load generator's own cores:
+the numbers behind the per-change figures in docs/benchmarks.md.
 For a profile, attach `py-spy record -p PID` to the printed server pid while it runs.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import time
 from pathlib import Path
 
@@ -23,6 +26,19 @@ def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
     fields = Path(f"/proc/{pid}/stat").read_text().split()
     return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int) -> dict[int, float]:
+    """User + system CPU time of each thread of a process so far, by thread id."""
+    out: dict[int, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+        except FileNotFoundError:  # the thread ended meanwhile
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
+        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return out
 
 
 def main() -> None:
@@ -45,14 +61,26 @@ def main() -> None:
             path, body = "/log-likelihood", {"model": a.model, "inputs": x.tolist(), "labels": 3}
         payload = json.dumps(body).encode()
         load(server.port, path, payload, a.concurrency, 2.0)  # warm
-        c0, t0 = cpu_seconds(server.proc.pid), time.perf_counter()
+        pid = server.proc.pid
+        threads0, client0 = thread_cpu_seconds(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        c0, t0 = cpu_seconds(pid), time.perf_counter()
         r = load(server.port, path, payload, a.concurrency, a.duration)
-        c1, t1 = cpu_seconds(server.proc.pid), time.perf_counter()
+        c1, t1 = cpu_seconds(pid), time.perf_counter()
+        threads1, client1 = thread_cpu_seconds(pid), resource.getrusage(resource.RUSAGE_CHILDREN)
+        client = (client1.ru_utime + client1.ru_stime) - (client0.ru_utime + client0.ru_stime)
         print(
             f"{a.model} c={a.concurrency}: {r['throughput_rps']:.0f} rps, p50 {r['p50_ms']:.2f} ms, "
             f"p99 {r['p99_ms']:.2f} ms, {r['errors']} errors; server CPU "
             f"{(c1 - c0) * 1000 / r['requests']:.3f} ms per request, {(c1 - c0) / (t1 - t0):.2f} cores"
         )
+        busy = {tid: (threads1[tid] - threads0.get(tid, 0.0)) / (t1 - t0) for tid in threads1}
+        shown = [f"main (event loop) {busy.pop(pid, 0.0):.2f}"]
+        shown += [
+            f"{tid} {cores:.2f}"
+            for tid, cores in sorted(busy.items(), key=lambda kv: -kv[1])
+            if cores >= 0.02
+        ]
+        print(f"cores by server thread: {', '.join(shown)}; load generator {client / (t1 - t0):.2f} cores")
     finally:
         server.stop()
 
