@@ -99,13 +99,15 @@ _SMALL: dict[str, dict[str, Any]] = {
     },
     "gan": {"max_epochs": 70, "patience": 1000, "val_every": 10},
     "pixelcnn": {
-        "lr": 2e-3,
+        # Chosen on validation bpd (docs/results.md): L2 weight decay is what lets the
+        # model use a larger step and more epochs without overfitting, and then half the
+        # images transformed beats a quarter. Against the earlier recipe (lr 2e-3, no
+        # decay, 60 epochs, a quarter transformed) validation 1.588 vs 1.666 bpd.
+        "lr": 1.2e-2,
+        "weight_decay": 2e-4,
         "schedule": "cosine",
-        "max_epochs": 60,
-        # A quarter of the images transformed, as for the flow and the VAE: against 0.5,
-        # test bpd 1.663 vs 1.665, Bayes-rule accuracy 0.993 vs 0.981, and the judge
-        # recognises 0.966 vs 0.953 of the requested labels in samples.
-        "augment": 0.25,
+        "max_epochs": 90,
+        "augment": 0.5,
         "ema": 0.995,
         "val_every": 5,
         "patience": 1000,
@@ -116,7 +118,16 @@ _LARGE: dict[str, dict[str, Any]] = {
     "flow": {**_SMALL["flow"], "max_epochs": 40, "val_every": 2, "max_minutes": 10.0},
     "vae": {**_SMALL["vae"], "max_epochs": 200, "val_samples": 4, "max_minutes": 10.0},
     "gan": {**_SMALL["gan"], "max_epochs": 60, "val_every": 5, "max_minutes": 10.0},
-    "pixelcnn": {**_SMALL["pixelcnn"], "max_epochs": 20, "val_every": 2, "max_minutes": 10.0},
+    # The digits step size and decay are untried on 28×28, where 10 minutes buy 4 epochs.
+    "pixelcnn": {
+        **_SMALL["pixelcnn"],
+        "lr": 2e-3,
+        "weight_decay": 0.0,
+        "augment": 0.25,
+        "max_epochs": 20,
+        "val_every": 2,
+        "max_minutes": 10.0,
+    },
 }
 
 
