@@ -22,10 +22,16 @@ from bench.serving import Server, load
 from training.data import load_dataset
 
 
+def stat_cpu_seconds(stat: Path) -> float:
+    """User + system CPU time from a /proc stat file (a process's or one thread's)."""
+    text = stat.read_text()
+    fields = text[text.rindex(")") + 2 :].split()  # after "pid (comm) ", which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a process so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().split()
-    return (int(fields[13]) + int(fields[14])) / os.sysconf("SC_CLK_TCK")
+    return stat_cpu_seconds(Path(f"/proc/{pid}/stat"))
 
 
 def thread_cpu_seconds(pid: int) -> dict[int, float]:
@@ -33,11 +39,9 @@ def thread_cpu_seconds(pid: int) -> dict[int, float]:
     out: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            stat = (task / "stat").read_text()
+            out[int(task.name)] = stat_cpu_seconds(task / "stat")
         except FileNotFoundError:  # the thread ended meanwhile
             continue
-        fields = stat[stat.rindex(")") + 2 :].split()  # after "pid (comm) "
-        out[int(task.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return out
 
 
