@@ -178,6 +178,48 @@ def test_iwae_bound_does_not_decrease_with_k() -> None:
     assert means[0] < means[2], means
 
 
+def test_vae_importance_weighted_training_optimises_the_evaluation_bound() -> None:
+    # At β = 1 the training loss with k samples is the evaluation's IWAE-k estimate, from the
+    # same noise, in bits per dimension: one bound, not a look-alike.
+    model = make("vae", True, kl_weight=1.0, train_samples=8)
+    steps(model, 5)  # past the KL warm-up; leaves eval mode, so steps_seen stays put
+    assert isinstance(model, VAEModel)
+    x, y = batch(16, seed=4)
+    torch.manual_seed(11)
+    loss, metrics = model.training_loss(x, y)
+    torch.manual_seed(11)
+    eps = torch.randn(16, 8, model.cfg.latent)
+    with torch.no_grad():
+        bound = torch.logsumexp(model.log_weights(x, y, eps), dim=1) - math.log(8)
+    assert torch.allclose(loss, -bound.mean() / (16 * math.log(2)), atol=1e-5)
+    assert math.isfinite(metrics["elbo_bpd"]) and metrics["kl_bits"] >= 0.0
+
+
+def test_vae_hybrid_term_trains_the_decoder_not_the_proposal() -> None:
+    model = make("vae", True, discriminative_weight=1.0, discriminative_share=0.5)
+    steps(model, 3)  # the hybrid term is part of every training step
+    assert isinstance(model, VAEModel)
+    x, y = batch(8, seed=5)
+    model.zero_grad()
+    torch.manual_seed(2)
+    ce = model.posterior_cross_entropy(x, y, None)
+    ce.backward()  # type: ignore[no-untyped-call]
+    assert 0.0 < float(ce.detach()) < math.inf
+    assert all(p.grad is None for p in model.encoder.parameters())
+    assert any(p.grad is not None and float(p.grad.abs().sum()) > 0 for p in model.decoder.parameters())
+    # and it is -log p(y|x) by Bayes' rule over the per-class one-sample ELBOs of the first half
+    torch.manual_seed(2)
+    xs, ys = x[:4].repeat_interleave(3, dim=0), torch.arange(3).repeat(4)
+    with torch.no_grad():
+        mu, logvar = model.encode(xs, ys)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        log_px = model.decode(z, ys).log_softmax(-1).gather(-1, xs[..., None])[..., 0].flatten(1).sum(1)
+        elbo = log_px - kl  # [4*3]
+        expected = -torch.log_softmax(elbo.reshape(4, 3), dim=1)[torch.arange(4), y[:4]].mean()
+    assert torch.allclose(ce.detach(), expected, atol=1e-4)
+
+
 def test_marginal_likelihood_and_posterior() -> None:
     model = make("pixelcnn", True)
     steps(model, 3)

@@ -1,7 +1,8 @@
 """Convolutional (conditional) VAE with a categorical decoder over the discrete levels.
 
-Trained on the ELBO (with a short KL warm-up); evaluated with the importance-weighted
-bound log P(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)], which tightens as K grows.
+Trained on the ELBO (with a short KL warm-up), or optionally on the importance-weighted
+bound; evaluated with that bound, log P(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)],
+which tightens as K grows.
 With `augment_transforms`, encoder and decoder are also conditioned on a dihedral
 transform (distribution augmentation, see `augment.py`); exported graphs fix the identity.
 """
@@ -14,6 +15,7 @@ from typing import Any
 import torch
 from pydantic import Field
 from torch import Tensor, nn
+from torch.nn import functional as F
 
 from service.manifest import DatasetSpec
 
@@ -32,6 +34,14 @@ class VAEConfig(FamilyConfig):
     # of them recognised on digits) at a cost of ~0.04 bpd, well inside the likelihood target.
     kl_weight: float = Field(2.0, gt=0.0)
     max_downsamples: int = Field(2, ge=0)
+    # > 1: train on the importance-weighted bound with this many samples (IWAE training),
+    # β weighting log p(z) - log q(z|x) as it weights the KL term of the ELBO.
+    train_samples: int = Field(1, ge=1)
+    # > 0: a hybrid generative-discriminative objective, adding λ · -log p(y|x) with p(y|x)
+    # from Bayes' rule over the model's own per-class bounds, on a share of each batch. Both
+    # were tried for the Bayes-rule accuracy on digits (docs/results.md) and left off.
+    discriminative_weight: float = Field(0.0, ge=0.0)
+    discriminative_share: float = Field(0.25, gt=0.0, le=1.0)
     augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
 
 
@@ -141,32 +151,80 @@ class VAEModel(GenerativeModel):
     def log_weights(self, x: Tensor, y: Tensor | None, eps: Tensor) -> Tensor:
         """log p(x, z_k) - log q(z_k | x) for z_k = mu + σ·eps_k: eps [B, S, Dz] -> [B, S]."""
         mu, logvar = self.encode(x, y)
+        log_px_z, log_pz, log_qz = self.weight_terms(x, y, None, mu, logvar, eps)
+        return log_px_z + log_pz - log_qz
+
+    def weight_terms(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None, mu: Tensor, logvar: Tensor, eps: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        """log p(x | z_k), log p(z_k) and log q(z_k | x) for z_k = mu + σ·eps_k: eps [B, S, Dz]
+        -> three [B, S]."""
         B, S, Dz = eps.shape
         std = torch.exp(0.5 * logvar)
         z = mu[:, None, :] + std[:, None, :] * eps  # [B, S, Dz]
         yy = None if y is None else y[:, None].expand(B, S).reshape(-1)
-        logits = self.decode(z.reshape(-1, Dz), yy)  # [B*S, C, H, W, K]
+        aa = None if aug is None else aug[:, None].expand(B, S).reshape(-1)
+        logits = self.decode(z.reshape(-1, Dz), yy, aa)  # [B*S, C, H, W, K]
         xx = x.to(torch.long)[:, None].expand(B, S, *x.shape[1:]).reshape(-1, *x.shape[1:])
         log_px_z = categorical_log_prob(logits, xx).reshape(B, S)
         log_pz = std_normal_logpdf(z).sum(-1)
         log_qz = (std_normal_logpdf(eps) - 0.5 * logvar[:, None, :]).sum(-1)
-        return log_px_z + log_pz - log_qz
+        return log_px_z, log_pz, log_qz
 
     def training_loss(
         self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
     ) -> tuple[Tensor, dict[str, float]]:
-        """Negative ELBO (KL weight warming up to 1) in bits per dimension."""
+        """Negative β-ELBO (β warming up to `kl_weight`) in bits per dimension, or the
+        β-weighted importance bound with `train_samples` > 1; plus the optional hybrid term."""
         mu, logvar = self.encode(x, y, aug)
-        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        recon = -categorical_log_prob(self.decode(z, y, aug), x)
-        kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
         if self.training:
             self.steps_seen += 1
         beta = self.cfg.kl_weight * min(1.0, float(self.steps_seen) / max(1, self.cfg.kl_warmup_steps))
         scale = self.dims * math.log(2)
-        loss = (recon + beta * kl).mean() / scale
-        elbo_bpd = float((recon + kl).mean().detach()) / scale
-        return loss, {"elbo_bpd": elbo_bpd, "kl_bits": float(kl.mean().detach()) / math.log(2)}
+        # (The one-sample path builds its graph in the order it always had: autograd's
+        # summation order, and with it the default store's weights, stay bit for bit.)
+        if self.cfg.train_samples == 1:
+            z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+            recon = -categorical_log_prob(self.decode(z, y, aug), x)  # [B]
+            kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)  # [B]
+            loss_nats = recon + beta * kl
+        else:
+            k = self.cfg.train_samples
+            eps = torch.randn(mu.shape[0], k, mu.shape[1], device=x.device)
+            log_px_k, log_pz, log_qz = self.weight_terms(x, y, aug, mu, logvar, eps)  # [B, k] each
+            bound = torch.logsumexp(log_px_k + beta * (log_pz - log_qz), dim=1) - math.log(k)
+            loss_nats, recon = -bound, -log_px_k[:, 0]
+            kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)  # for the metrics
+        loss = loss_nats.mean() / scale
+        metrics = {
+            "elbo_bpd": float((recon + kl).mean().detach()) / scale,
+            "kl_bits": float(kl.mean().detach()) / math.log(2),
+        }
+        if self.training and self.cfg.discriminative_weight > 0 and y is not None:
+            ce = self.posterior_cross_entropy(x, y, aug)
+            loss = loss + self.cfg.discriminative_weight * ce / scale
+            metrics["posterior_ce"] = float(ce.detach())
+        return loss, metrics
+
+    def posterior_cross_entropy(self, x: Tensor, y: Tensor, aug: Tensor | None) -> Tensor:
+        """Mean -log p(y|x) in nats over the first `discriminative_share` of the batch, by
+        Bayes' rule (uniform prior) over one-sample ELBOs of every class.
+
+        The encoder is held fixed for this term: it should shape the decoder's p(x|z,y), not
+        teach q(z|x,y) to be a poor proposal for wrong labels, which would move the served
+        posterior by loosening the bound rather than by changing the model.
+        """
+        n = max(1, round(self.cfg.discriminative_share * x.shape[0]))
+        L = self.num_classes
+        xs = x[:n].repeat_interleave(L, dim=0)  # [n*L, C, H, W]
+        ys = torch.arange(L, device=x.device).repeat(n)  # [n*L]: every class for each image
+        augs = None if aug is None else aug[:n].repeat_interleave(L, dim=0)
+        with torch.no_grad():
+            mu, logvar = self.encode(xs, ys, augs)
+        z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
+        kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        elbo = categorical_log_prob(self.decode(z, ys, augs), xs) - kl  # [n*L]
+        return F.cross_entropy(elbo.reshape(n, L), y[:n])
 
     def log_likelihood(self, x: Tensor, y: Tensor | None, samples: int = 256) -> Tensor:
         """IWAE estimate log (1/S) Σ_s w_s with S = `samples`, chunked to bound memory."""
