@@ -1,8 +1,8 @@
 """Convolutional (conditional) VAE with a categorical decoder over the discrete levels.
 
-Trained on the ELBO (with a short KL warm-up), or optionally on the importance-weighted
-bound; evaluated with that bound, log P(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)],
-which tightens as K grows.
+Trained on the (β-weighted) ELBO with a short KL warm-up, or optionally on the
+importance-weighted bound; evaluated with the unweighted importance bound
+log P(x) ≥ E[log (1/K) Σ_k p(x, z_k) / q(z_k | x)], which tightens as K grows.
 With `augment_transforms`, encoder and decoder are also conditioned on a dihedral
 transform (distribution augmentation, see `augment.py`); exported graphs fix the identity.
 """
