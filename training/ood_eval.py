@@ -43,7 +43,7 @@ from .data import ImageDataset, SplitFractions, load_dataset, make_splits
 from .detectors import fit_detectors
 from .export import EagerBackend
 from .families import GenerativeModel, build_model, default_config
-from .ood_metrics import detection_metrics, resplit_flag_interval
+from .ood_metrics import band_probability, detection_metrics, resplit_flag_interval
 from .ood_sets import SIMPLER, TRANSFORMED, build_sets
 from .runtime import configure_threads, seed_everything
 from .train import class_prior, default_train_config, fit, likelihood_validator
@@ -68,6 +68,7 @@ class CalibrationCheck(BaseModel):
     method: str
     default: bool
     n: int
+    n_calibration: int  # calibration scores the p-values are computed against
     flagged: dict[str, float]
     # Per alpha, the central 90 % interval of the flagged fraction over random re-splits of
     # the pooled calibration and test scores (ood_metrics.resplit_flag_interval).
@@ -134,8 +135,10 @@ def _classical_rows(
     return rows
 
 
-# The alphas the calibration check reports (the acceptance points' two).
+# The alphas the calibration check reports, and the bands of flagged fractions the outlier
+# acceptance points hold them to.
 CALIBRATION_ALPHAS = (0.05, 0.01)
+CALIBRATION_BANDS = {0.05: (0.03, 0.07), 0.01: (0.0, 0.025)}
 
 
 def _calibration_checks(
@@ -166,6 +169,7 @@ def _calibration_checks(
                     method=m,
                     default=m == cal.default_method,
                     n=len(x),
+                    n_calibration=len(table[m]),
                     flagged={str(a): float(np.mean(p_values <= a)) for a in CALIBRATION_ALPHAS},
                     resplit_90=resplit_flag_interval(np.asarray(table[m]), test_scores, CALIBRATION_ALPHAS),
                 )
@@ -379,4 +383,17 @@ def render_markdown(report: OODReport) -> str:
                 band = c.resplit_90.get(a)
                 cells.append(f"{c.flagged[a]:.3f}" + (f" [{band[0]:.3f}, {band[1]:.3f}]" if band else ""))
             lines.append(f"| {c.model} | {c.labels} | {m} | {c.n} | {' | '.join(cells)} |")
+        sizes = sorted({(c.n_calibration, c.n) for c in report.calibration})
+        for n_cal, n_test in sizes:
+            odds = ", ".join(
+                f"in [{lo:g}, {hi:g}] at alpha {a} with probability "
+                f"{band_probability(n_cal, n_test, a, lo, hi):.2f}"
+                for a, (lo, hi) in CALIBRATION_BANDS.items()
+            )
+            lines += [
+                "",
+                f"With {n_cal} calibration and {n_test} test inputs, an exact procedure flags a "
+                f"fraction {odds} (beta-binomial over the draw of the data, "
+                "ood_metrics.band_probability).",
+            ]
     return "\n".join(lines) + "\n"

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
+from scipy.stats import betabinom
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from service.outliers import conformal_p_values
@@ -51,3 +54,23 @@ def resplit_flag_interval(
     tail = 100 * (1 - coverage) / 2
     lo, hi = np.percentile(flagged, [tail, 100 - tail], axis=0)
     return {str(a): [float(lo[i]), float(hi[i])] for i, a in enumerate(alphas)}
+
+
+def band_probability(n_calibration: int, n_test: int, alpha: float, low: float, high: float) -> float:
+    """The probability that an exact split-conformal procedure flags a fraction of
+    `n_test` in-distribution inputs within [low, high] at `alpha`, over the draw of the
+    calibration and test data (continuous scores, so no ties).
+
+    p <= alpha exactly when a score exceeds the k-th largest of the n calibration scores,
+    k = floor(alpha * (n + 1)). The in-distribution probability of exceeding it is
+    Beta(k, n + 1 - k) over the calibration draw, so the flagged count is
+    beta-binomial(n_test, k, n + 1 - k). `resplit_flag_interval` shows the same spread
+    from the observed scores; this gives it in closed form, for any sizes.
+    """
+    k = math.floor(alpha * (n_calibration + 1))
+    counts = np.arange(n_test + 1)  # [n_test + 1]
+    inside = (counts >= low * n_test - 1e-9) & (counts <= high * n_test + 1e-9)
+    if k == 0:  # alpha below 1 / (n + 1): nothing is ever flagged
+        return float(inside[0])
+    pmf = betabinom.pmf(counts, n_test, k, n_calibration + 1 - k)
+    return float(pmf[inside].sum())

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.outliers import METHODS
+from service.outliers import METHODS, conformal_p_values
 from training.data import load_dataset
 from training.ood_eval import DetectorResult, OODReport, evaluate_novelty, evaluate_store, render_markdown
-from training.ood_metrics import detection_metrics, resplit_flag_interval
+from training.ood_metrics import band_probability, detection_metrics, resplit_flag_interval
 from training.ood_sets import ALL_SETS, build_sets
 
 
@@ -65,6 +65,28 @@ def test_resplit_interval_is_the_sampling_spread_of_an_exact_procedure() -> None
     assert wide[1] - wide[0] < (hi - lo) / 2
 
 
+def test_band_probability_is_exact_for_the_service_conformal_p_values() -> None:
+    # One test input against 19 calibration scores: p <= 0.05 only above all 19, which an
+    # exchangeable input is with probability 1/20.
+    assert band_probability(19, 1, 0.05, 1.0, 1.0) == pytest.approx(1 / 20)
+    assert band_probability(19, 1, 0.05, 0.0, 0.0) == pytest.approx(19 / 20)
+    assert band_probability(18, 5, 0.05, 0.0, 0.0) == 1.0  # floor(0.05 * 19) = 0: never flagged
+    # Against a simulation of the service's own p-values on continuous in-distribution data.
+    rng = np.random.default_rng(0)
+    n_cal, n_test, alpha, low, high = 60, 40, 0.1, 0.05, 0.15
+    draws = 4000
+    inside = 0
+    for _ in range(draws):
+        p = conformal_p_values(rng.normal(size=n_cal), rng.normal(size=n_test))
+        inside += low <= np.mean(p <= alpha) <= high
+    exact = band_probability(n_cal, n_test, alpha, low, high)
+    assert abs(inside / draws - exact) < 4 * np.sqrt(exact * (1 - exact) / draws)
+    # digits: 270 calibration and 269 test images. The band at 0.05 holds about two
+    # times in three for an exact procedure; the one at 0.01 almost always.
+    assert band_probability(270, 269, 0.05, 0.03, 0.07) == pytest.approx(0.68, abs=0.01)
+    assert band_probability(270, 269, 0.01, 0.0, 0.025) > 0.95
+
+
 def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     report = evaluate_store(tiny_store, "digits")
     assert set(report.protocols) == {"transformed", "simpler"}
@@ -84,6 +106,7 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     assert len(report.calibration) == 3 * (2 * len(METHODS) - 1)
     for c in report.calibration:
         assert c.n == report.calibration[0].n > 200  # the whole test split
+        assert c.n_calibration > 200  # the whole calibration split
         assert 0.0 <= c.flagged["0.01"] <= c.flagged["0.05"] <= 0.2
         for a in ("0.05", "0.01"):
             lo, hi = c.resplit_90[a]
@@ -91,6 +114,9 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     text = render_markdown(report)
     assert "| **flow/complexity** |" in text
     assert "alpha 0.05" in text
+    c = report.calibration[0]
+    odds = band_probability(c.n_calibration, c.n, 0.05, 0.03, 0.07)
+    assert f"in [0.03, 0.07] at alpha 0.05 with probability {odds:.2f}" in text
 
 
 def test_novelty_protocol_retrains_without_the_held_out_class() -> None:
