@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from scipy.stats import betabinom
 from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
@@ -67,8 +65,14 @@ def band_probability(n_calibration: int, n_test: int, alpha: float, low: float, 
     beta-binomial(n_test, k, n + 1 - k). `resplit_flag_interval` shows the same spread
     from the observed scores; this gives it in closed form, for any sizes.
     """
-    k = math.floor(alpha * (n_calibration + 1))
+    if not 0.0 < alpha < 1.0:
+        raise ValueError(f"alpha must lie in (0, 1), got {alpha}")
+    # k counted with the service's own arithmetic: floor(alpha * (n + 1)) is one short
+    # where alpha * (n + 1) rounds just below a whole number (0.29 * 100 = 28.999...).
+    at_least = np.arange(n_calibration + 1)  # [n + 1] possible #{calibration scores >= s}
+    k = int(np.sum((1.0 + at_least) / (n_calibration + 1.0) <= alpha))
     counts = np.arange(n_test + 1)  # [n_test + 1]
+    # Band ends such as 0.07 * n are inexact in binary; a count on the end is inside.
     inside = (counts >= low * n_test - 1e-9) & (counts <= high * n_test + 1e-9)
     if k == 0:  # alpha below 1 / (n + 1): nothing is ever flagged
         return float(inside[0])

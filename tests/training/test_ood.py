@@ -81,7 +81,12 @@ def test_band_probability_is_exact_for_the_service_conformal_p_values() -> None:
         inside += low <= np.mean(p <= alpha) <= high
     exact = band_probability(n_cal, n_test, alpha, low, high)
     assert abs(inside / draws - exact) < 4 * np.sqrt(exact * (1 - exact) / draws)
-    # digits: 270 calibration and 269 test images. The band at 0.05 holds about two
+    # The service's p = 0.29 flags at alpha 0.29 with 99 calibration scores (k = 29, where
+    # floor(0.29 * 100) computes 28).
+    assert band_probability(99, 1, 0.29, 1.0, 1.0) == pytest.approx(29 / 100)
+    with pytest.raises(ValueError, match="alpha must lie in"):
+        band_probability(99, 1, 1.0, 0.0, 1.0)
+    # digits: 269 calibration and 269 test images. The band at 0.05 holds about two
     # times in three for an exact procedure; the one at 0.01 almost always.
     assert band_probability(270, 269, 0.05, 0.03, 0.07) == pytest.approx(0.68, abs=0.01)
     assert band_probability(270, 269, 0.01, 0.0, 0.025) > 0.95
