@@ -120,6 +120,7 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     assert "| **flow/complexity** |" in text
     assert "alpha 0.05" in text
     c = report.calibration[0]
+    assert f"| {c.flagged['0.05']:.3f} ({round(c.flagged['0.05'] * c.n)}) [" in text  # with its count
     odds = band_probability(c.n_calibration, c.n, 0.05, 0.03, 0.07)
     assert f"in [0.03, 0.07] at alpha 0.05 with probability {odds:.2f}" in text
 
