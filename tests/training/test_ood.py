@@ -88,8 +88,8 @@ def test_band_probability_is_exact_for_the_service_conformal_p_values() -> None:
         band_probability(99, 1, 1.0, 0.0, 1.0)
     # digits: 269 calibration and 269 test images. The band at 0.05 holds about two
     # times in three for an exact procedure; the one at 0.01 almost always.
-    assert band_probability(270, 269, 0.05, 0.03, 0.07) == pytest.approx(0.68, abs=0.01)
-    assert band_probability(270, 269, 0.01, 0.0, 0.025) > 0.95
+    assert band_probability(269, 269, 0.05, 0.03, 0.07) == pytest.approx(0.68, abs=0.01)
+    assert band_probability(269, 269, 0.01, 0.0, 0.025) > 0.95
 
 
 def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
