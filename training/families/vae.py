@@ -119,6 +119,11 @@ class Decoder(nn.Module):
         return logits.reshape(B, self.C, self.K, H, W).permute(0, 1, 3, 4, 2)
 
 
+def gaussian_kl(mu: Tensor, logvar: Tensor) -> Tensor:
+    """KL(N(mu, exp(logvar)) || N(0, I)) per row, in nats: [B, Dz] -> [B]."""
+    return 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+
+
 def categorical_log_prob(logits: Tensor, x: Tensor) -> Tensor:
     """Σ over pixels of log softmax(logits)[x]: logits [B,C,H,W,K], x int [B,C,H,W] -> [B]."""
     logp = torch.log_softmax(logits, dim=-1).gather(-1, x[..., None])[..., 0]
@@ -186,7 +191,7 @@ class VAEModel(GenerativeModel):
         if self.cfg.train_samples == 1:
             z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
             recon = -categorical_log_prob(self.decode(z, y, aug), x)  # [B]
-            kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)  # [B]
+            kl = gaussian_kl(mu, logvar)  # [B]
             loss_nats = recon + beta * kl
         else:
             k = self.cfg.train_samples
@@ -194,7 +199,7 @@ class VAEModel(GenerativeModel):
             log_px_k, log_pz, log_qz = self.weight_terms(x, y, aug, mu, logvar, eps)  # [B, k] each
             bound = torch.logsumexp(log_px_k + beta * (log_pz - log_qz), dim=1) - math.log(k)
             loss_nats, recon = -bound, -log_px_k[:, 0]
-            kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)  # for the metrics
+            kl = gaussian_kl(mu, logvar)  # [B], for the metrics
         loss = loss_nats.mean() / scale
         metrics = {
             "elbo_bpd": float((recon + kl).mean().detach()) / scale,
@@ -222,7 +227,7 @@ class VAEModel(GenerativeModel):
         with torch.no_grad():
             mu, logvar = self.encode(xs, ys, augs)
         z = mu + torch.exp(0.5 * logvar) * torch.randn_like(mu)
-        kl = 0.5 * (mu * mu + torch.exp(logvar) - 1.0 - logvar).sum(-1)
+        kl = gaussian_kl(mu, logvar)  # [n*L]
         elbo = categorical_log_prob(self.decode(z, ys, augs), xs) - kl  # [n*L]
         return F.cross_entropy(elbo.reshape(n, L), y[:n])
 
