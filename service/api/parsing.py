@@ -180,28 +180,31 @@ def resolve_labels(
     if not conditional:
         raise InvalidInputError.field(["labels"], f"model {model} is unconditional and takes no labels")
     names = spec.label_names or []
-    items = labels if isinstance(labels, list) else [labels] * rows
-    if len(items) != rows:
+    if not isinstance(labels, list):
+        # One label for every row: validated once, so a 10,000-row request pays for one.
+        return np.full(rows, _label_index(labels, ["labels"], names, model), dtype=np.int64)
+    if len(labels) != rows:
         raise InvalidInputError.field(
             ["labels"],
-            f"has {len(items)} entries for {rows} row{'s' if rows > 1 else ''} "
+            f"has {len(labels)} entries for {rows} row{'s' if rows > 1 else ''} "
             + ("(give one)" if rows == 1 else f"(give 1 or {rows})"),
         )
-    index = {name: i for i, name in enumerate(names)}
-    out = np.empty(rows, dtype=np.int64)
-    for i, item in enumerate(items):
-        loc: list[str | int] = ["labels", i] if isinstance(labels, list) else ["labels"]
-        if isinstance(item, bool):
-            raise InvalidInputError.field(loc, "must be a class index or name")
-        if isinstance(item, int):
-            if not 0 <= item < len(names):
-                raise InvalidInputError.field(loc, f"class index out of range 0..{len(names) - 1}")
-            out[i] = item
-        elif item in index:
-            out[i] = index[item]
-        else:
-            raise InvalidInputError.field(loc, f"unknown class name (GET /models/{model} lists them)")
-    return out
+    return np.array(
+        [_label_index(item, ["labels", i], names, model) for i, item in enumerate(labels)], dtype=np.int64
+    ).reshape(rows)
+
+
+def _label_index(item: int | str, loc: list[str | int], names: list[str], model: str) -> int:
+    """One class index or name -> its index, or a 400 naming `loc`."""
+    if isinstance(item, bool):
+        raise InvalidInputError.field(loc, "must be a class index or name")
+    if isinstance(item, int):
+        if not 0 <= item < len(names):
+            raise InvalidInputError.field(loc, f"class index out of range 0..{len(names) - 1}")
+        return item
+    if item in names:
+        return names.index(item)
+    raise InvalidInputError.field(loc, f"unknown class name (GET /models/{model} lists them)")
 
 
 def check_output_size(rows: int, per_row: int, limit: int, field: str) -> None:

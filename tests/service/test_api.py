@@ -720,6 +720,18 @@ def test_labels_are_indices_or_names_not_booleans_or_floats(client: Client, labe
     assert_problem(r, 422, "labels")
 
 
+def test_labels_one_for_all_rows_or_one_per_row_by_index_or_name(client: Client) -> None:
+    def labels(value: Any) -> Any:
+        r = client.post("/sample", json={"model": "vae-digits", "n": 3, "labels": value, "seed": 0})
+        return r.json()["labels"] if r.status_code == 200 else assert_problem(r, 422)["detail"]
+
+    assert labels("7") == labels(7) == [7, 7, 7]
+    assert labels([1, "2", 9]) == [1, 2, 9]
+    assert labels(10) == "labels: class index out of range 0..9"
+    assert labels([1, "seven", 3]).startswith("labels.1: unknown class name")
+    assert labels([1, 2]) == "labels: has 2 entries for 3 rows (give 1 or 3)"
+
+
 def test_one_row_with_two_labels_says_give_one(client: Client, digits: np.ndarray) -> None:
     r = client.post_npy("/log-likelihood?model=vae-digits&labels=1,2", digits[:1].astype(np.uint8))
     assert "has 2 entries for 1 row (give one)" in assert_problem(r, 422, "labels")["detail"]
