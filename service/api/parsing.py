@@ -191,11 +191,11 @@ def resolve_labels(
         )
     return np.array(
         [_label_index(item, ["labels", i], names, model) for i, item in enumerate(labels)], dtype=np.int64
-    ).reshape(rows)
+    )
 
 
 def _label_index(item: int | str, loc: list[str | int], names: list[str], model: str) -> int:
-    """One class index or name -> its index, or a 400 naming `loc`."""
+    """One class index or name -> its index; anything else is an InvalidInputError at `loc`."""
     if isinstance(item, bool):
         raise InvalidInputError.field(loc, "must be a class index or name")
     if isinstance(item, int):
