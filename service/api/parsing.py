@@ -179,10 +179,10 @@ def resolve_labels(
         return None
     if not conditional:
         raise InvalidInputError.field(["labels"], f"model {model} is unconditional and takes no labels")
-    names = spec.label_names or []
+    index = {name: i for i, name in enumerate(spec.label_names or [])}
     if not isinstance(labels, list):
         # One label for every row: validated once, so a 10,000-row request pays for one.
-        return np.full(rows, _label_index(labels, ["labels"], names, model), dtype=np.int64)
+        return np.full(rows, _label_index(labels, ["labels"], index, spec.num_classes, model), dtype=np.int64)
     if len(labels) != rows:
         raise InvalidInputError.field(
             ["labels"],
@@ -190,20 +190,24 @@ def resolve_labels(
             + ("(give one)" if rows == 1 else f"(give 1 or {rows})"),
         )
     return np.array(
-        [_label_index(item, ["labels", i], names, model) for i, item in enumerate(labels)], dtype=np.int64
+        [_label_index(item, ["labels", i], index, spec.num_classes, model) for i, item in enumerate(labels)],
+        dtype=np.int64,
     )
 
 
-def _label_index(item: int | str, loc: list[str | int], names: list[str], model: str) -> int:
-    """One class index or name -> its index; anything else is an InvalidInputError at `loc`."""
+def _label_index(
+    item: int | str, loc: list[str | int], index: dict[str, int], classes: int, model: str
+) -> int:
+    """One class index (0..classes-1) or name (`index`: name -> class index) -> its index;
+    anything else is an InvalidInputError at `loc`."""
     if isinstance(item, bool):
         raise InvalidInputError.field(loc, "must be a class index or name")
     if isinstance(item, int):
-        if not 0 <= item < len(names):
-            raise InvalidInputError.field(loc, f"class index out of range 0..{len(names) - 1}")
+        if not 0 <= item < classes:
+            raise InvalidInputError.field(loc, f"class index out of range 0..{classes - 1}")
         return item
-    if item in names:
-        return names.index(item)
+    if item in index:
+        return index[item]
     raise InvalidInputError.field(loc, f"unknown class name (GET /models/{model} lists them)")
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,7 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from service.api.parsing import resolve_labels
 from service.config import Settings
+from service.errors import InvalidInputError
+from service.manifest import DatasetSpec
 from service.outliers import METHODS
 from tests.service.asgi import Client
 from training.data import load_dataset
@@ -730,6 +734,16 @@ def test_labels_one_for_all_rows_or_one_per_row_by_index_or_name(client: Client)
     assert labels(10) == "labels: class index out of range 0..9"
     assert labels([1, "seven", 3]).startswith("labels.1: unknown class name")
     assert labels([1, 2]) == "labels: has 2 entries for 3 rows (give 1 or 3)"
+
+
+def test_label_names_are_names_even_when_they_look_like_numbers() -> None:
+    spec = DatasetSpec(name="pets", shape=(1, 2, 2), levels=2, label_names=["cat", "dog", "7"])
+    assert resolve_labels("dog", 2, spec, True, "m").tolist() == [1, 1]
+    assert resolve_labels(["7", 2, "cat", 1], 4, spec, True, "m").tolist() == [2, 2, 0, 1]
+    with pytest.raises(InvalidInputError, match=re.escape("labels.1: class index out of range 0..2")):
+        resolve_labels(["cat", 7], 2, spec, True, "m")
+    with pytest.raises(InvalidInputError, match="labels: unknown class name"):
+        resolve_labels("bird", 2, spec, True, "m")
 
 
 def test_one_row_with_two_labels_says_give_one(client: Client, digits: np.ndarray) -> None:
