@@ -49,6 +49,11 @@ class DatasetSpec(StrictModel):
         """Number of classes; 0 when the data carries no labels."""
         return len(self.label_names) if self.label_names else 0
 
+    @cached_property
+    def label_index(self) -> dict[str, int]:
+        """Class name -> label index, built once per loaded manifest (labels resolve per request)."""
+        return {name: i for i, name in enumerate(self.label_names or [])}
+
 
 SCHEMA_VERSION = 1
 

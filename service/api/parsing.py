@@ -179,7 +179,7 @@ def resolve_labels(
         return None
     if not conditional:
         raise InvalidInputError.field(["labels"], f"model {model} is unconditional and takes no labels")
-    index = {name: i for i, name in enumerate(spec.label_names or [])}
+    index = spec.label_index
     if not isinstance(labels, list):
         # One label for every row: validated once, so a 10,000-row request pays for one.
         return np.full(rows, _label_index(labels, ["labels"], index, spec.num_classes, model), dtype=np.int64)
