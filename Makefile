@@ -9,7 +9,7 @@ TORCH_INDEX_URL ?=
 ONNXRUNTIME_GPU_VERSION ?= 1.31.1
 PIP := $(BIN)/python -m pip --disable-pip-version-check
 
-.PHONY: serve build-store test test-quality lint typecheck unit bench clean-store install install-dev gpu-runtime
+.PHONY: serve build-store test test-quality lint typecheck unit bench clean-store install install-dev gpu-runtime test-tools
 
 serve: $(VENV)/.installed  ## build the default models if needed, then serve on 127.0.0.1:8000
 	$(BIN)/genserve serve
@@ -17,7 +17,10 @@ serve: $(VENV)/.installed  ## build the default models if needed, then serve on 
 build-store: $(VENV)/.installed  ## train, evaluate, export and publish the default zoo
 	$(BIN)/genserve build-store
 
-test: $(VENV)/.installed-dev lint typecheck unit  ## everything CI runs
+test: $(VENV)/.installed-dev test-tools lint typecheck unit  ## everything CI runs
+
+test-tools:  ## docker-compose and nginx for tests/deploy: installed if missing, or one message saying how
+	bash deploy/test-tools.sh
 
 lint: $(VENV)/.installed-dev
 	$(BIN)/ruff check .

@@ -202,9 +202,39 @@ class TrainingRecord(StrictModel):
     duration_s: float
     epochs: int
     best_epoch: int
-    stopped: str
+    stopped: str = Field(description="What ended training: epoch limit, early stopping or time limit.")
     device: str
     checkpoint_key: str
+    max_epochs: int | None = Field(default=None, description="The recipe's epoch budget.")
+    time_limit_minutes: float | None = Field(
+        default=None, description="A wall-clock limit asked for explicitly; null when none was."
+    )
+    cut_short: bool = Field(
+        default=False,
+        description="A time limit ended training before its epoch budget or early stopping: the "
+        "model depends on the building machine's speed and load, not only on its recipe.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _older_caps(cls, data: Any) -> Any:
+        # Stores built before cut_short existed wrote "time budget" for a run the (then
+        # default) 3-minute cap stopped: such a model is as cut short as a new one.
+        if isinstance(data, dict) and data.get("stopped") == "time budget" and "cut_short" not in data:
+            return {**data, "cut_short": True}
+        return data
+
+    def cut_short_warning(self) -> str | None:
+        """One sentence for listings and the API when the model was cut short, else None."""
+        if not self.cut_short:
+            return None
+        minutes = self.time_limit_minutes
+        limit = "a time limit" if minutes is None else f"a {minutes:g}-minute limit"
+        budget = "" if self.max_epochs is None else f" of {self.max_epochs}"
+        return (
+            f"training was cut short by {limit} at epoch {self.epochs}{budget}: this model depends on "
+            "the machine that built it, not only on its recipe"
+        )
 
 
 # family_info entries the service's engines need: sizes that must be positive integers.

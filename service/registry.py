@@ -132,6 +132,8 @@ class Registry:
                 backend.device,
                 backend.name,
             )
+            if (cut := version.manifest.training.cut_short_warning()) is not None:
+                log.warning("model %s v%d: %s", name, version.version, cut)
 
     async def warm_up(self) -> None:
         """Run every graph once so the first request pays no initialisation."""

@@ -11,7 +11,6 @@ import functools
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,9 +22,11 @@ from rich.console import Console
 import service
 from service.engine import build_engine, inline_caller, noise_rng
 from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest
+from service.resources import available_cores
 from service.runtime import open_backend
 from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
 
+from .build_jobs import BuildJob, BuildOutcome, run_jobs
 from .checkpoint import CheckpointError, CheckpointInfo, load_checkpoint, read_info, run_key
 from .classifier import load_or_train_classifier
 from .data import ImageDataset, SplitFractions, Splits, load_dataset, make_splits
@@ -35,6 +36,7 @@ from .families import GenerativeModel, check_family, default_config
 from .outlier_calibration import calibrate
 from .pipeline import data_for, gan_validator
 from .quality import Sampler
+from .runtime import configure_threads
 from .train import default_train_config, train_run, training_key
 
 DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn")
@@ -52,17 +54,6 @@ _EXPORT_SOURCES = (
     "ood_sets.py",
     "ood_metrics.py",
 )
-
-
-@dataclass
-class BuildOutcome:
-    """What happened to one model."""
-
-    name: str
-    action: str  # "published" | "up to date"
-    version: int
-    seconds: float
-    trained: bool
 
 
 def model_name(family: str, dataset: str, conditional: bool) -> str:
@@ -171,6 +162,10 @@ def publish_model(
                 "stopped": str(rec.get("stopped", "")),
                 "device": str(rec.get("device", "cpu")),
                 "checkpoint_key": info.key,
+                "max_epochs": rec.get("max_epochs"),
+                "time_limit_minutes": rec.get("time_limit_minutes"),
+                # Checkpoints from before the flag say "time budget" instead.
+                "cut_short": bool(rec.get("cut_short", rec.get("stopped") == "time budget")),
             },
             "versions": _versions(),
             "build_key": build_key,
@@ -302,10 +297,6 @@ def _say(console: Console, name: str, text: str) -> None:
     console.print(f"  {name}: {text}")
 
 
-def _quiet(_text: str) -> None:
-    pass
-
-
 def build_store(
     store_root: Path,
     checkpoints: Path,
@@ -319,11 +310,16 @@ def build_store(
     train_overrides: dict[str, dict[str, Any]] | None = None,
     eval_settings: EvalSettings | None = None,
     force: bool = False,
+    workers: int | None = None,
 ) -> list[BuildOutcome]:
     """Build (or confirm) one store version per family; returns what was done.
 
     A name whose latest version is another kind of model (family, conditioning, data
     shape, levels or classes) is refused before training, unless `force`.
+
+    Models that need building are built `workers` at a time (default: one per core this
+    process may use), each in a single-threaded process; the result is the same for any
+    number of workers.
 
     The overrides (family -> settings) exist for tests and experiments; the default zoo
     uses the defaults tuned for each family.
@@ -333,11 +329,13 @@ def build_store(
         check_family(family)
     if store_root.exists() and not store_root.is_dir():
         raise StoreError(f"the model store {store_root} is a file, not a folder")
+    configure_threads()
     store = ModelStore(store_root)
     data = load_dataset(dataset)
     fractions = SplitFractions()
     splits = make_splits(data.y, len(data), seed=seed, fractions=fractions)
-    outcomes: list[BuildOutcome] = []
+    outcomes: dict[str, BuildOutcome] = {}
+    jobs: list[BuildJob] = []
     for family in families:
         start = time.monotonic()
         name = model_name(family, dataset, conditional)
@@ -350,30 +348,69 @@ def build_store(
         )
         build_key = run_key({"train": key, "export": export_fingerprint(), "schema": SCHEMA_VERSION})
         # An up-to-date model needs no lock (so a read-only store that is complete builds
-        # fine). Otherwise checked again and built under the model's publish lock: a
-        # concurrent build-store waits, then finds it up to date instead of publishing a twin.
+        # fine); the job checks again under the model's publish lock.
         current = _up_to_date(store, name, build_key)
-        if current is None:
-            waiting = functools.partial(console.print, f"waiting for another publisher of {name}")
-            with store.lock(name, on_wait=waiting):
-                current = _up_to_date(store, name, build_key)
-                if current is None:
-                    outcome = _build_one(
-                        store, name, family, dataset, data, splits, conditional, seed, fractions, key,
-                        build_key, checkpoints, arch, optim, eval_settings, console, progress, start,
-                        force,
-                    )  # fmt: skip
         if current is not None:
             console.print(f"[green]up to date[/] {name} v{current.version}")
-            outcome = BuildOutcome(name, "up to date", current.version, time.monotonic() - start, False)
-        outcomes.append(outcome)
-    return outcomes
+            outcomes[family] = BuildOutcome(
+                name, "up to date", current.version, time.monotonic() - start, False
+            )
+            continue
+        if not force:  # before any training: minutes must not be spent on a refused publish
+            check_same_kind(store, name, family, conditional, data.spec)
+        jobs.append(
+            BuildJob(
+                store_root,
+                checkpoints,
+                name,
+                family,
+                dataset,
+                conditional,
+                seed,
+                key,
+                build_key,
+                arch=arch,
+                optim=optim,
+                eval_settings=eval_settings,
+                force=force,
+            )
+        )
+    if jobs and data.y is not None:
+        # The judge every model's evaluation (and the GAN's selection) needs, trained once
+        # here and cached, rather than by several workers at once.
+        for epochs in {
+            (eval_settings or EvalSettings.for_dims(data.spec.dims)).classifier_epochs,
+            (eval_settings or EvalSettings()).classifier_epochs,
+        }:
+            load_or_train_classifier(data, splits, checkpoints, seed=seed, epochs=epochs)
+    count = min(workers or available_cores(), len(jobs))
+    for job, outcome in zip(jobs, run_jobs(jobs, count, build_job, console, progress), strict=True):
+        outcomes[job.family] = outcome
+    return [outcomes[f] for f in families]
+
+
+def build_job(job: BuildJob, console: Console, progress: bool) -> BuildOutcome:
+    """Build one model under its publish lock: a concurrent build-store waits, then finds it
+    up to date instead of publishing a twin."""
+    start = time.monotonic()
+    store = ModelStore(job.store_root)
+    waiting = functools.partial(console.print, f"waiting for another publisher of {job.name}")
+    with store.lock(job.name, on_wait=waiting):
+        current = _up_to_date(store, job.name, job.build_key)
+        if current is not None:
+            console.print(f"[green]up to date[/] {job.name} v{current.version}")
+            return BuildOutcome(job.name, "up to date", current.version, time.monotonic() - start, False)
+        return _build_one(store, job, console, progress, start)
 
 
 def _reusable(ckpt: Path, key: str, console: Console) -> tuple[GenerativeModel, CheckpointInfo] | None:
-    """The checkpoint at `ckpt` if it was trained with `key` and loads intact."""
+    """The checkpoint at `ckpt` if it was trained with `key`, ran its course and loads intact."""
     try:
-        if not (ckpt / "checkpoint.json").exists() or read_info(ckpt).key != key:
+        if not (ckpt / "checkpoint.json").exists() or (info := read_info(ckpt)).key != key:
+            return None
+        if info.record.get("cut_short") or info.record.get("stopped") == "time budget":
+            # A cut run is what one machine reached in the time: training again may go further.
+            console.print(f"[yellow]not reusing checkpoint[/] {ckpt}: a time limit cut it short")
             return None
         found = load_checkpoint(ckpt)
     except CheckpointError as exc:  # e.g. a run killed while saving: train again
@@ -384,64 +421,63 @@ def _reusable(ckpt: Path, key: str, console: Console) -> tuple[GenerativeModel, 
 
 
 def _build_one(
-    store: ModelStore,
-    name: str,
-    family: str,
-    dataset: str,
-    data: ImageDataset,
-    splits: Splits,
-    conditional: bool,
-    seed: int,
-    fractions: SplitFractions,
-    key: str,
-    build_key: str,
-    checkpoints: Path,
-    arch: dict[str, Any],
-    optim: dict[str, Any],
-    eval_settings: EvalSettings | None,
-    console: Console,
-    progress: bool,
-    start: float,
-    force: bool,
+    store: ModelStore, job: BuildJob, console: Console, progress: bool, start: float
 ) -> BuildOutcome:
     """Train (or reuse a checkpoint), evaluate and publish one family (under its lock)."""
-    if not force:  # before training: minutes must not be spent on a refused publish
-        check_same_kind(store, name, family, conditional, data.spec)
-    ckpt = checkpoints / f"{family}-{data.spec.name}{'' if conditional else '-uncond'}-s{seed}"
+    data = load_dataset(job.dataset)
+    splits = make_splits(data.y, len(data), seed=job.seed, fractions=SplitFractions())
+    if not job.force:
+        check_same_kind(store, job.name, job.family, job.conditional, data.spec)
+    suffix = "" if job.conditional else "-uncond"
+    ckpt = job.checkpoints / f"{job.family}-{data.spec.name}{suffix}-s{job.seed}"
+    say = functools.partial(_say, console, job.name)
     trained = False
-    if (found := _reusable(ckpt, key, console)) is not None:
+    if (found := _reusable(ckpt, job.key, console)) is not None:
         model, info = found
     else:
         validator = None
-        if family == "gan":
-            epochs = (eval_settings or EvalSettings()).classifier_epochs
-            validator = gan_validator(data, splits, checkpoints, seed, epochs)
+        if job.family == "gan":
+            epochs = (job.eval_settings or EvalSettings()).classifier_epochs
+            validator = gan_validator(data, splits, job.checkpoints, job.seed, epochs)
+        if not progress:
+            epochs = default_train_config(job.family, data.spec, **job.optim).max_epochs
+            say(f"training ({epochs} epochs at most)")
         result = train_run(
-            family,
-            dataset,
-            conditional,
-            seed,
-            config_overrides=arch,
-            train_overrides=optim,
-            fractions=fractions,
+            job.family,
+            job.dataset,
+            job.conditional,
+            job.seed,
+            config_overrides=job.arch,
+            train_overrides=job.optim,
+            fractions=SplitFractions(),
             checkpoint_dir=ckpt,
             progress=progress,
             validator=validator,
+            say=console.print,
         )
         model, info = result.model, result.info
         trained = True
+        rec = info.record
+        say(
+            f"trained: {rec['epochs']} epochs ({rec['stopped']}, best at {rec['best_epoch']}), "
+            f"{rec['duration_s']:.0f} s"
+        )
     version = evaluate_and_publish(
         store,
-        name,
+        job.name,
         model,
         info,
         data,
         splits,
-        checkpoints,
-        build_key,
-        eval_settings,
-        step=functools.partial(_say, console, name) if progress else _quiet,
+        job.checkpoints,
+        job.build_key,
+        job.eval_settings,
+        step=say,
     )
     elapsed = time.monotonic() - start
-    console.print(f"[green]published[/] {name} v{version.version} in {elapsed:.0f}s")
-    return BuildOutcome(name, "published", version.version, elapsed, trained)
+    cut = version.manifest.training.cut_short
+    console.print(
+        f"[green]published[/] {job.name} v{version.version} in {elapsed:.0f}s"
+        + (" [bold red](CUT SHORT by its time limit)[/]" if cut else "")
+    )
+    return BuildOutcome(job.name, "published", version.version, elapsed, trained, cut)

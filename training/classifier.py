@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from service.manifest import DatasetSpec
 
 from .data import DataError, ImageDataset, Splits
-from .runtime import seed_everything
+from .runtime import TRAINING_THREADS, configure_threads, seed_everything
 
 
 class Classifier(nn.Module):
@@ -132,7 +132,7 @@ def _cache_key(data: ImageDataset, splits: Splits, seed: int, epochs: int) -> st
     h.update(data.spec.model_dump_json().encode())
     h.update(np.ascontiguousarray(data.x).tobytes())
     h.update(splits.train.tobytes())
-    h.update(f"{seed}/{epochs}".encode())
+    h.update(f"{seed}/{epochs}/threads={TRAINING_THREADS}".encode())  # threads change the weights
     h.update(Path(__file__).read_bytes())  # a changed judge is a different judge
     return h.hexdigest()[:16]
 
@@ -159,6 +159,7 @@ def load_or_train_classifier(
                 return model, cached
             except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError):
                 pass  # a damaged cache entry (e.g. a killed write): train it again
+    configure_threads()
     model, metrics = train_classifier(data, splits, seed=seed, epochs=epochs, device=device)
     if cache_dir is not None:
         cache_dir.mkdir(parents=True, exist_ok=True)

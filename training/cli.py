@@ -33,6 +33,12 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
     return out
 
 
+def _positive(value: float | None, flag: str) -> float | None:
+    if value is not None and not value > 0:
+        raise typer.BadParameter("must be a positive number of minutes", param_hint=flag)
+    return value
+
+
 def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, seed: int) -> Path:
     """Where `train` puts a run by default: checkpoints/<family>-<dataset>[-uncond]-s<seed>."""
     name = Path(dataset).stem if dataset.endswith(".npz") else dataset
@@ -46,7 +52,12 @@ def train(
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and noise.")] = 0,
     max_minutes: Annotated[
-        float | None, typer.Option(help="Wall-clock cap on training, checked after each epoch.")
+        float | None,
+        typer.Option(
+            callback=lambda v: _positive(v, "--max-minutes"),
+            help="Wall-clock limit on training, checked after each epoch (default: none; the "
+            "epoch budget and early stopping end it). A run it cuts short is marked so.",
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     set_: Annotated[
@@ -92,6 +103,11 @@ def train(
         f"best validation {rec['best_validation']:.4f} at epoch {rec['best_epoch']} "
         f"({rec['stopped']}, {rec['duration_s']:.0f}s) -> {target}"
     )
+    if rec.get("cut_short"):
+        console.print(
+            f"[bold red]WARNING[/]: the time limit cut this run short at epoch {rec['epochs']} of "
+            f"{rec['max_epochs']}; its checkpoint (and anything exported from it) is marked cut short"
+        )
 
 
 def _gan_validator(dataset: str, seed: int, cache: Path) -> Any:
@@ -196,6 +212,18 @@ def build_store_cmd(
     force: Annotated[
         bool, typer.Option(help="Publish even where a name's latest version is another kind of model.")
     ] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(min=1, help="Models built at once, one single-threaded process each (default: cores)."),
+    ] = None,
+    max_minutes: Annotated[
+        float | None,
+        typer.Option(
+            callback=lambda v: _positive(v, "--max-minutes"),
+            help="Wall-clock limit on each model's training. None by default: training ends by its "
+            "epoch budget. A model the limit cuts short is published marked as such.",
+        ),
+    ] = None,
 ) -> None:
     """Train (or reuse), evaluate, export and publish the default zoo; does nothing if up to date."""
     import time
@@ -206,23 +234,35 @@ def build_store_cmd(
 
     start = time.monotonic()
     root = _store_root(store)
+    families = tuple(family or DEFAULT_FAMILIES)
+    limit = {} if max_minutes is None else {"max_minutes": max_minutes}
     outcomes = build_store(
         root,
         checkpoints,
         dataset,
-        tuple(family or DEFAULT_FAMILIES),
+        families,
         conditional,
         seed,
         console=console,
         force=force,
+        workers=workers,
+        train_overrides=dict.fromkeys(families, limit),
     )
     table = Table(title=f"model store {root}")
     for col in ("model", "version", "action", "trained", "seconds"):
         table.add_column(col)
     for o in outcomes:
-        table.add_row(o.name, str(o.version), o.action, "yes" if o.trained else "no", f"{o.seconds:.0f}")
+        trained = ("[bold red]CUT SHORT[/]" if o.cut_short else "yes") if o.trained else "no"
+        table.add_row(o.name, str(o.version), o.action, trained, f"{o.seconds:.0f}")
     console.print(table)
     console.print(f"build-store finished in {time.monotonic() - start:.0f}s")
+    cut = [o.name for o in outcomes if o.cut_short]
+    if cut:
+        console.print(
+            f"[bold red]WARNING[/]: the {max_minutes:g}-minute limit cut short the training of "
+            f"{', '.join(cut)}; they are published marked cut short and depend on this machine's "
+            "speed and load. Build without --max-minutes for the recipes' models."
+        )
 
 
 @app.command()
@@ -262,17 +302,26 @@ def store_list(store: StoreOption = None) -> None:
 
     ms = ModelStore(_store_root(store))
     table = Table(title=str(ms.root))
-    for col in ("model", "versions", "family", "test bpd", "created"):
+    for col in ("model", "versions", "family", "test bpd", "training", "created"):
         table.add_column(col)
+    cut: list[str] = []
     for model in ms.names():
         try:
             m = ms.open(model, verify=False).manifest
             bpd = m.evaluation.get("test_bpd")
+            t = m.training
+            training = f"{t.epochs} epochs, {t.stopped}"
+            if t.cut_short:
+                training = f"[bold red]CUT SHORT[/] at epoch {t.epochs}" + (
+                    f" of {t.max_epochs}" if t.max_epochs else ""
+                )
+                cut.append(f"{model} v{m.version}")
             table.add_row(
                 model,
                 ", ".join(map(str, ms.versions(model))),
                 m.family,
                 "—" if bpd is None else f"{bpd:.3f}",
+                training,
                 m.created,
             )
         except StoreError as exc:
@@ -280,8 +329,13 @@ def store_list(store: StoreOption = None) -> None:
                 versions = ", ".join(map(str, ms.versions(model)))
             except StoreError:  # the model folder itself cannot be read
                 versions = "?"
-            table.add_row(model, versions, "?", "?", f"unreadable: {exc}")
+            table.add_row(model, versions, "?", "?", "?", f"unreadable: {exc}")
     console.print(table)
+    if cut:
+        console.print(
+            f"[bold red]WARNING[/]: {', '.join(cut)}: training was cut short by a time limit; "
+            "these models depend on the machine that built them (rebuild without a limit)"
+        )
 
 
 @store_app.command("show")

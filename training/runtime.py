@@ -7,8 +7,6 @@ import random
 import numpy as np
 import torch
 
-from service.resources import available_cores
-
 
 def seed_everything(seed: int) -> None:
     """Seed every RNG training touches; deterministic kernels where torch has them."""
@@ -33,8 +31,21 @@ def pick_device(requested: str = "auto") -> torch.device:
     return torch.device(requested)
 
 
+# Training and evaluation run on one CPU thread per process. Two reasons, both measured
+# (docs/results.md, "Threads"; `python -m bench.train_threads`):
+# - Results: parallel reductions split work by thread count, so a model trained on 2
+#   threads differs in its last bits from one trained on 8 or on 1, and after thousands of
+#   steps the difference is visible in every figure. One thread gives the same model on
+#   every machine, whatever its core count.
+# - Load: with a pool of one thread per core, every operator ends at a barrier; when another
+#   program takes a core, the pool's threads wait for their preempted sibling, and a step
+#   ran 3-4x slower (GOMP's spin-waits make it worse). One thread slows down only by its
+#   share of the core. `genserve build-store` uses the other cores by training several
+#   models at once, each in its own single-threaded process.
+TRAINING_THREADS = 1
+
+
 def configure_threads() -> int:
-    """Size torch's intra-op pool to the cores this process may use; returns that count."""
-    n = available_cores()
-    torch.set_num_threads(n)
-    return n
+    """Pin torch's intra-op pool to TRAINING_THREADS (on the CPU); returns that count."""
+    torch.set_num_threads(TRAINING_THREADS)
+    return TRAINING_THREADS

@@ -31,6 +31,7 @@ def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
         "description": m.description,
         "conditional": m.conditioning.conditional,
         "labels": m.dataset.label_names,
+        "warnings": [w for w in (m.training.cut_short_warning(),) if w is not None],
         "data": {
             "shape": list(m.dataset.shape),
             "levels": m.dataset.levels,

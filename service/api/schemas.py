@@ -175,6 +175,10 @@ class ModelSummary(BaseModel):
     description: str
     conditional: bool
     labels: list[str] | None
+    warnings: list[str] = Field(
+        description="What a client should know before relying on this model, e.g. that its "
+        "training was cut short by a time limit (then `training.cut_short` is true); empty if nothing."
+    )
     data: dict[str, Any]
     capabilities: list[str]
     backend: str

@@ -23,7 +23,7 @@ def nginx_binary() -> str:
     for candidate in (shutil.which("nginx"), "/usr/sbin/nginx"):
         if candidate and Path(candidate).exists():
             return candidate
-    pytest.skip("nginx is not installed (Debian package `nginx`; .ci/run installs it)")
+    pytest.skip("nginx is not installed (Debian package `nginx`; `make test` installs it)")
 
 
 class Load:

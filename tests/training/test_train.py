@@ -20,7 +20,7 @@ from ..tiny import TINY, batch, make
     ("cfg", "judged"),
     [
         ({"max_epochs": 3, "val_every": 2}, [2, 3]),  # an epoch limit off the validation grid
-        ({"max_epochs": 50, "val_every": 10, "max_minutes": 1e-9}, [1]),  # cut by the clock
+        ({"max_epochs": 50, "val_every": 10, "max_minutes": 1e-9}, [1]),  # cut by a time limit
     ],
 )
 def test_the_last_epoch_is_always_judged(cfg: dict[str, Any], judged: list[int]) -> None:
@@ -89,3 +89,34 @@ def test_a_checkpoint_refuses_data_changed_since_training(
     (tmp_path / "mine.npz").unlink()
     with pytest.raises(CheckpointError, match=r"cannot be read: .*no such file"):
         data_for(info)
+
+
+def test_a_run_announces_its_length_and_a_cut_is_loud() -> None:
+    x, y = batch(16)
+    lines: list[str] = []
+    cfg = TrainConfig(batch_size=8, max_epochs=4, val_every=2)
+    _, record, _ = fit(make("vae", True), x, y, lambda m: 1.0, cfg, seed=0, progress=False, say=lines.append)
+    assert len(lines) == 1 and "s/epoch, about" in lines[0] and "for 4 epochs" in lines[0]
+    assert (record["stopped"], record["cut_short"], record["time_limit_minutes"]) == (
+        "epoch limit",
+        False,
+        None,
+    )
+
+    lines.clear()
+    cut = TrainConfig(batch_size=8, max_epochs=50, max_minutes=1e-9)
+    _, record, _ = fit(make("vae", True), x, y, lambda m: 1.0, cut, seed=0, progress=False, say=lines.append)
+    assert (record["stopped"], record["cut_short"], record["epochs"]) == ("time limit", True, 1)
+    assert "WARNING" in lines[-1] and "epoch 1 of 50" in lines[-1]
+
+
+def test_no_recipe_has_a_clock() -> None:
+    """The default zoo ends by epochs and early stopping on every machine, busy or not."""
+    from training.data import load_dataset
+    from training.families import FAMILIES
+    from training.train import default_train_config
+
+    for name in ("digits", "mnist5k"):
+        spec = load_dataset(name).spec
+        for family in FAMILIES:
+            assert default_train_config(family, spec).max_minutes is None, (name, family)

@@ -1,0 +1,126 @@
+"""build-store: the same store however it is built, and a time-limited model that says so."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.console import Console
+
+from service.config import Settings
+from service.store import ModelStore
+from tests.conftest import TINY_TRAINING, TINY_ZOO
+from tests.service.asgi import Client
+from training.build import build_store
+from training.build_jobs import cost_rank
+from training.evaluate import EvalSettings
+
+from .test_cli import genserve
+
+EVAL = EvalSettings(
+    samples={"vae": 4, "flow": 2, "pixelcnn": 1},
+    marginal_samples={"vae": 2, "flow": 1, "pixelcnn": 1},
+    quality_per_class=2,
+    classifier_epochs=1,
+    select_temperature=False,
+    baseline_draws=2,
+)
+
+
+def _build(root: Path, families: tuple[str, ...], workers: int, **train: Any) -> Console:
+    console = Console(record=True, width=200)
+    build_store(
+        root / "store",
+        root / "checkpoints",
+        families=families,
+        progress=False,
+        console=console,
+        config_overrides=TINY_ZOO,
+        train_overrides={f: {**TINY_TRAINING[f], **train} for f in families},
+        eval_settings=EVAL,
+        workers=workers,
+    )
+    return console
+
+
+def _published(root: Path, name: str) -> dict[str, Any]:
+    """What must not depend on how the store was built: graphs and evaluation figures."""
+    version = ModelStore(root / "store").open(name)
+    manifest = json.loads((version.path / "manifest.json").read_text())
+    evaluation = {k: v for k, v in manifest["evaluation"].items() if k != "training"}
+    # TorchScript archives are not byte-stable (torch writes a random serialization id and
+    # per-process name mangling into them): their tensors are compared instead.
+    scripted = {
+        f["path"]: {k: v.tolist() for k, v in torch.jit.load(version.path / f["path"]).state_dict().items()}
+        for f in manifest["files"]
+        if f["path"].endswith(".pt")
+    }
+    return {
+        "onnx": {f["path"]: f["sha256"] for f in manifest["files"] if f["path"].endswith(".onnx")},
+        "torchscript": scripted,
+        "evaluation": evaluation,
+        "calibration": {k: v for k, v in (manifest["calibration"] or {}).items() if k != "created"},
+        "epochs": manifest["training"]["epochs"],
+    }
+
+
+def test_workers_build_the_same_store_as_one_process(tmp_path: Path) -> None:
+    """Two models built side by side in worker processes are bit for bit the models (and the
+    figures) one process builds one after the other: the machine's cores change the time,
+    not the result."""
+    families = ("vae", "gan")
+    alone = _build(tmp_path / "one", families, workers=1)
+    side_by_side = _build(tmp_path / "two", families, workers=2)
+    assert "2 at a time" in side_by_side.export_text()
+    assert "at a time" not in alone.export_text()
+    for name in ("vae-digits", "gan-digits"):
+        assert _published(tmp_path / "one", name) == _published(tmp_path / "two", name)
+
+
+def test_the_longest_jobs_start_first() -> None:
+    order = sorted(["vae", "gan", "flow", "pixelcnn", "new"], key=cost_rank)
+    assert order == ["pixelcnn", "flow", "gan", "vae", "new"]
+
+
+def test_a_time_limit_that_cuts_training_is_visible_everywhere(tmp_path: Path) -> None:
+    """An explicit limit too tight for the epoch budget: the run stops, and the manifest, the
+    store listing and GET /models/{name} all say the model was cut short."""
+    console = _build(tmp_path, ("vae",), workers=1, max_epochs=50, max_minutes=1e-9)
+    assert "CUT SHORT" in console.export_text()
+
+    training = ModelStore(tmp_path / "store").open("vae-digits").manifest.training
+    assert training.cut_short and training.stopped == "time limit"
+    assert (training.epochs, training.max_epochs, training.time_limit_minutes) == (1, 50, 1e-9)
+
+    listing = genserve("store", "list", "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert listing.returncode == 0, listing.stderr
+    assert "CUT SHORT at epoch 1 of 50" in listing.stdout
+    assert "WARNING" in listing.stdout and "vae-digits v1" in listing.stdout
+
+    client = Client(Settings(model_store=tmp_path / "store"))
+    try:
+        detail = client.get("/models/vae-digits").json()
+        assert detail["training"]["cut_short"] is True
+        assert detail["warnings"] and "cut short" in detail["warnings"][0]
+        assert client.get("/models").json()[0]["warnings"] == detail["warnings"]
+    finally:
+        client.close()
+
+    # A cut checkpoint is never reused as if it were the recipe's model: a build with the
+    # same settings into an empty store trains again (and is again marked).
+    shutil.rmtree(tmp_path / "store")
+    again = _build(tmp_path, ("vae",), workers=1, max_epochs=50, max_minutes=1e-9).export_text()
+    assert "not reusing checkpoint" in again and "a time limit cut it short" in again
+    assert "CUT SHORT" in again
+
+
+def test_a_model_that_ran_its_course_carries_no_warning(tmp_path: Path) -> None:
+    _build(tmp_path, ("gan",), workers=1)
+    training = ModelStore(tmp_path / "store").open("gan-digits").manifest.training
+    assert not training.cut_short and training.stopped == "epoch limit"
+    assert training.time_limit_minutes is None and training.cut_short_warning() is None
+    listing = genserve("store", "list", "--store", str(tmp_path / "store"), cwd=tmp_path)
+    assert "CUT SHORT" not in listing.stdout and "WARNING" not in listing.stdout
