@@ -70,7 +70,7 @@ def _in_worker(runner: JobRunner, job: BuildJob) -> BuildOutcome:
     configure_threads()
     # No progress bars from workers (several would fight over the terminal): their lines
     # say what each model is doing, prefixed with its name.
-    return runner(job, Console(), False)
+    return runner(job, Console(soft_wrap=True), False)
 
 
 def run_jobs(

@@ -41,7 +41,9 @@ def _bytes(text: str | int) -> int:
 def compose() -> str:
     binary = shutil.which("docker-compose")
     if binary is None:
-        pytest.skip("docker-compose is not installed (Debian package `docker-compose`; `make test` installs it)")
+        pytest.skip(
+            "docker-compose is not installed (Debian package `docker-compose`; `make test` installs it)"
+        )
     return binary
 
 
