@@ -39,6 +39,18 @@ def _positive(value: float | None, flag: str) -> float | None:
     return value
 
 
+# A limit exists only when asked for: by default training ends by its epoch budget or
+# early stopping, so a model does not depend on the machine's speed or load.
+MaxMinutesOption = Annotated[
+    float | None,
+    typer.Option(
+        callback=lambda v: _positive(v, "--max-minutes"),
+        help="Wall-clock limit on each model's training, checked after each epoch (default: none). "
+        "A model it cuts short is marked so in its checkpoint, manifest and listings.",
+    ),
+]
+
+
 def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, seed: int) -> Path:
     """Where `train` puts a run by default: checkpoints/<family>-<dataset>[-uncond]-s<seed>."""
     name = Path(dataset).stem if dataset.endswith(".npz") else dataset
@@ -51,14 +63,7 @@ def train(
     dataset: Annotated[str, typer.Option(help="digits | mnist5k | path/to/data.npz")] = "digits",
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and noise.")] = 0,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            callback=lambda v: _positive(v, "--max-minutes"),
-            help="Wall-clock limit on training, checked after each epoch (default: none; the "
-            "epoch budget and early stopping end it). A run it cuts short is marked so.",
-        ),
-    ] = None,
+    max_minutes: MaxMinutesOption = None,
     epochs: Annotated[int | None, typer.Option(help="Maximum epochs.")] = None,
     set_: Annotated[
         list[str] | None, typer.Option("--set", help="Architecture override key=value (repeatable).")
@@ -216,14 +221,7 @@ def build_store_cmd(
         int | None,
         typer.Option(min=1, help="Models built at once, one single-threaded process each (default: cores)."),
     ] = None,
-    max_minutes: Annotated[
-        float | None,
-        typer.Option(
-            callback=lambda v: _positive(v, "--max-minutes"),
-            help="Wall-clock limit on each model's training. None by default: training ends by its "
-            "epoch budget. A model the limit cuts short is published marked as such.",
-        ),
-    ] = None,
+    max_minutes: MaxMinutesOption = None,
 ) -> None:
     """Train (or reuse), evaluate, export and publish the default zoo; does nothing if up to date."""
     import time
