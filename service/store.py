@@ -64,6 +64,10 @@ class IntegrityError(StoreError):
         self.problems = problems
         super().__init__(f"{where}: " + "; ".join(problems))
 
+    def __reduce__(self) -> tuple[type[IntegrityError], tuple[str, list[str]]]:
+        # Rebuilt from its own arguments: a build worker process raises it to its parent.
+        return (type(self), (self.where, self.problems))
+
 
 def file_format(name: str) -> str | None:
     """The allowlisted format of a graph file by its name, or None when not allowed."""

@@ -93,11 +93,14 @@ def _versions() -> dict[str, str]:
 
 
 def _up_to_date(store: ModelStore, name: str, build_key: str) -> ModelVersion | None:
+    """The latest version if it was built from the same key and ran its course: a version
+    a time limit cut short is what one machine reached in the time, so a build retries."""
     try:
         version = store.open(name)
     except StoreError:
         return None
-    return version if version.manifest.build_key == build_key else None
+    m = version.manifest
+    return version if m.build_key == build_key and not m.training.cut_short else None
 
 
 def publish_model(
@@ -282,6 +285,7 @@ def export_checkpoint(
     force: bool = False,
 ) -> ModelVersion:
     """`genserve export`: publish one trained checkpoint as a new store version."""
+    configure_threads()  # the same figures as build-store's, whatever the core count
     model, info = load_checkpoint(checkpoint)
     data, splits = data_for(info)
     name = name or model_name(info.family, info.dataset, info.conditional)

@@ -21,7 +21,8 @@ from rich.console import Console
 from .evaluate import EvalSettings
 
 # Longest first, so the last model to start is a short one and no core idles at the end
-# (training seconds on one thread, digits: PixelCNN ~440, flow ~230, GAN ~230, VAE ~70).
+# (training seconds on one thread, digits, quiet 2-vCPU build of docs/results.md: PixelCNN
+# 534, flow 323, GAN 255, VAE 126).
 _COST_ORDER = ("pixelcnn", "flow", "gan", "vae")
 
 
@@ -78,10 +79,12 @@ def run_jobs(
 ) -> list[BuildOutcome]:
     """Run every job; returns their outcomes in the order of `jobs`.
 
-    With one worker the jobs run here, one after another (with progress bars). With more,
-    each runs in a fresh process (spawned: no inherited torch thread pools or locks); a
-    job that fails does not stop the others, and the first failure is raised once all
-    have ended, so every model that could be published is.
+    With one worker the jobs run here, one after another (with progress bars), and the
+    first failure stops the build. With more, each runs in a fresh process (spawned: no
+    inherited torch thread pools or locks); a job that raises does not stop the others,
+    and the first failure is raised once all have ended, so every model that could be
+    published is. (A worker that dies outright, e.g. killed for memory, breaks the pool
+    and the jobs still running with it.)
     """
     if workers <= 1 or len(jobs) <= 1:
         return [runner(job, console, progress) for job in jobs]

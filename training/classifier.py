@@ -145,7 +145,10 @@ def load_or_train_classifier(
     device: str = "cpu",
     epochs: int = 60,
 ) -> tuple[Classifier, dict[str, float]]:
-    """The judge for this dataset and split, from `cache_dir` when it was trained before."""
+    """The judge for this dataset and split, from `cache_dir` when it was trained before.
+
+    Training it sets torch to TRAINING_THREADS (part of the cache key): the judge is the
+    same on every machine, and so are the figures it gives."""
     key = _cache_key(data, splits, seed, epochs)
     if cache_dir is not None:
         weights = cache_dir / f"classifier-{data.spec.name}-{key}.pt"

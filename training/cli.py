@@ -175,7 +175,7 @@ def ood_eval(
     classes: Annotated[
         list[int] | None, typer.Option("--class", help="Held-out classes for novelty (default all).")
     ] = None,
-    novelty_minutes: Annotated[float, typer.Option(help="Wall-clock cap per novelty model.")] = 3.0,
+    novelty_minutes: MaxMinutesOption = None,
     novelty_epochs: Annotated[
         float,
         typer.Option(
@@ -257,7 +257,7 @@ def build_store_cmd(
     cut = [o.name for o in outcomes if o.cut_short]
     if cut:
         console.print(
-            f"[bold red]WARNING[/]: the {max_minutes:g}-minute limit cut short the training of "
+            f"[bold red]WARNING[/]: the {max_minutes or 0:g}-minute limit cut short the training of "
             f"{', '.join(cut)}; they are published marked cut short and depend on this machine's "
             "speed and load. Build without --max-minutes for the recipes' models."
         )

@@ -181,6 +181,7 @@ def evaluate_store(
     store_root: Any, dataset: str = "digits", seed: int = 2, console: Console | None = None
 ) -> OODReport:
     """The transformed and simpler protocols on the store's served likelihood models."""
+    configure_threads()
     store = ModelStore(store_root)
     report = OODReport(
         dataset=dataset,
@@ -258,7 +259,7 @@ def _without_class(data: ImageDataset, held_out: int) -> ImageDataset:
 def evaluate_novelty(
     dataset: str = "digits",
     classes: list[int] | None = None,
-    minutes: float = 3.0,
+    minutes: float | None = None,
     families: tuple[str, ...] = LIKELIHOOD_FAMILIES,
     epoch_scale: float = 1.0,
     seed: int = 0,
@@ -268,7 +269,8 @@ def evaluate_novelty(
     """One-class novelty: per held-out class, models retrained on the rest score it.
 
     Each model trains with its family's default recipe shortened to `epoch_scale` of the
-    default epochs (so annealed schedules still finish), capped at `minutes`.
+    default epochs (so annealed schedules still finish); `minutes` is an explicit
+    wall-clock limit per model (default none), and a model it cuts short says so.
     Returns one row per detector with one metrics entry per held-out class ("class 3").
     """
     configure_threads()
@@ -307,6 +309,7 @@ def evaluate_novelty(
                 seed,
                 label=f"{family} w/o {c}",
                 progress=console is not None,
+                say=None if console is None else console.print,
             )
             model.cpu().eval()
             prior = class_prior(rest.y[splits.train], rest.spec.num_classes)

@@ -22,6 +22,7 @@ from .evaluate import (
 )
 from .families import GenerativeModel
 from .quality import draw_samples, frechet_distance
+from .runtime import configure_threads
 from .train import Validator
 
 
@@ -68,6 +69,7 @@ def evaluate_checkpoints(
     dirs: list[Path], report_path: Path | None, cache: Path | None, console: Console | None = None
 ) -> EvaluationReport:
     """Evaluate checkpoints that share one dataset and split; write and print the report."""
+    configure_threads()  # the figures build-store publishes, whatever the core count
     infos = [read_info(d) for d in dirs]
     first = infos[0]
     for info in infos[1:]:

@@ -442,3 +442,17 @@ def test_family_info_the_engines_read_is_checked(family_info: dict[str, Any], sa
     Manifest.model_validate(good)
     with pytest.raises(ValidationError, match=says):
         Manifest.model_validate({**good, "family_info": family_info})
+
+
+def test_an_integrity_error_survives_pickling() -> None:
+    """build-store's worker processes raise it to their parent."""
+    import pickle
+
+    from service.store import IntegrityError
+
+    err = pickle.loads(pickle.dumps(IntegrityError("m/1", ["a.onnx: hash mismatch", "b"])))
+    assert (err.where, err.problems, str(err)) == (
+        "m/1",
+        ["a.onnx: hash mismatch", "b"],
+        "m/1: a.onnx: hash mismatch; b",
+    )

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -109,12 +108,12 @@ def test_a_time_limit_that_cuts_training_is_visible_everywhere(tmp_path: Path) -
     finally:
         client.close()
 
-    # A cut checkpoint is never reused as if it were the recipe's model: a build with the
-    # same settings into an empty store trains again (and is again marked).
-    shutil.rmtree(tmp_path / "store")
+    # Neither a cut version nor a cut checkpoint counts as the recipe's model: the same
+    # build again trains again (and publishes a new version, again marked).
     again = _build(tmp_path, ("vae",), workers=1, max_epochs=50, max_minutes=1e-9).export_text()
+    assert "up to date" not in again
     assert "not reusing checkpoint" in again and "a time limit cut it short" in again
-    assert "CUT SHORT" in again
+    assert "published vae-digits v2" in again and "CUT SHORT" in again
 
 
 def test_a_model_that_ran_its_course_carries_no_warning(tmp_path: Path) -> None:
