@@ -14,6 +14,13 @@ TINY_ZOO: dict[str, dict[str, Any]] = {
     "pixelcnn": {"channels": 8, "layers": 2},
 }
 TINY_TRAINING: dict[str, dict[str, Any]] = {f: {"max_epochs": 2, "val_every": 1} for f in TINY_ZOO}
+# Light evaluation for the tiny store: (samples, marginal samples, samples per class, judge epochs).
+TINY_EVAL: dict[str, Any] = {
+    "samples": {"vae": 8, "flow": 2, "pixelcnn": 1},
+    "marginal_samples": {"vae": 4, "flow": 1, "pixelcnn": 1},
+    "quality_per_class": 5,
+    "classifier_epochs": 2,
+}
 
 
 @pytest.fixture(scope="session")
@@ -33,11 +40,9 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         progress=False,
         config_overrides=TINY_ZOO,
         train_overrides=TINY_TRAINING,
-        eval_settings=EvalSettings(
-            samples={"vae": 8, "flow": 2, "pixelcnn": 1},
-            marginal_samples={"vae": 4, "flow": 1, "pixelcnn": 1},
-            quality_per_class=5,
-            classifier_epochs=2,
-        ),
+        eval_settings=EvalSettings(**TINY_EVAL),
+        # Two worker processes on any machine: tests/training/test_build.py checks that a
+        # one-process build makes the same models.
+        workers=2,
     )
     return root
