@@ -167,8 +167,7 @@ def publish_model(
                 "checkpoint_key": info.key,
                 "max_epochs": rec.get("max_epochs"),
                 "time_limit_minutes": rec.get("time_limit_minutes"),
-                # Checkpoints from before the flag say "time budget" instead.
-                "cut_short": bool(rec.get("cut_short", rec.get("stopped") == "time budget")),
+                "cut_short": info.cut_short,
             },
             "versions": _versions(),
             "build_key": build_key,
@@ -412,7 +411,7 @@ def _reusable(ckpt: Path, key: str, console: Console) -> tuple[GenerativeModel, 
     try:
         if not (ckpt / "checkpoint.json").exists() or (info := read_info(ckpt)).key != key:
             return None
-        if info.record.get("cut_short") or info.record.get("stopped") == "time budget":
+        if info.cut_short:
             # A cut run is what one machine reached in the time: training again may go further.
             console.print(f"[yellow]not reusing checkpoint[/] {ckpt}: a time limit cut it short")
             return None
@@ -444,8 +443,8 @@ def _build_one(
             epochs = (job.eval_settings or EvalSettings()).classifier_epochs
             validator = gan_validator(data, splits, job.checkpoints, job.seed, epochs)
         if not progress:
-            epochs = default_train_config(job.family, data.spec, **job.optim).max_epochs
-            say(f"training ({epochs} epochs at most)")
+            budget = default_train_config(job.family, data.spec, **job.optim).max_epochs
+            say(f"training ({budget} epochs at most)")
         result = train_run(
             job.family,
             job.dataset,

@@ -59,6 +59,12 @@ class CheckpointInfo(BaseModel):
     )
 
     @property
+    def cut_short(self) -> bool:
+        """Whether a time limit ended training early (checkpoints from before the flag say
+        "time budget" instead)."""
+        return bool(self.record.get("cut_short", self.record.get("stopped") == "time budget"))
+
+    @property
     def training_summary(self) -> dict[str, Any]:
         """The training record without its per-epoch history (what reports show)."""
         return {k: v for k, v in self.record.items() if k != "history"}
