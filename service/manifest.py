@@ -9,22 +9,20 @@ from __future__ import annotations
 
 import math
 from functools import cached_property
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import numpy as np
 from numpy.typing import NDArray
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Discriminator, Field, Tag, model_validator
 
-
-class StrictModel(BaseModel):
-    """Base for every schema in the contract: no extra fields, immutable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
+from .strict import StrictModel
+from .vector_spec import VectorSpec as VectorSpec  # re-exported: the contract in one import
 
 
 class DatasetSpec(StrictModel):
-    """What the data looks like, in the client's native units."""
+    """Integer-level images: what the data looks like, in the client's native units."""
 
+    kind: Literal["images"] = "images"
     name: str = Field(description="Dataset name, e.g. 'digits' or a user file's stem.")
     shape: tuple[int, int, int] = Field(description="One example's shape [C, H, W].")
     levels: int = Field(ge=2, description="Number of integer grey levels K; values are 0..K-1.")
@@ -54,6 +52,27 @@ class DatasetSpec(StrictModel):
         """Class name -> label index, built once per loaded manifest (labels resolve per request)."""
         return {name: i for i, name in enumerate(self.label_names or [])}
 
+    def signature(self) -> tuple[Any, ...]:
+        """What a client's requests depend on: versions of one model name must agree on it."""
+        return (self.kind, tuple(self.shape), self.levels)
+
+    def summary(self) -> str:
+        """The data in a few words."""
+        return f"{list(self.shape)} images of {self.levels} levels"
+
+
+def _data_kind(value: Any) -> str:
+    # Manifests written before vector data existed have no `kind`: they hold images.
+    if isinstance(value, dict):
+        return str(value.get("kind", "images"))
+    return str(getattr(value, "kind", "images"))
+
+
+# The data kinds a model can be trained on; `kind` tells them apart.
+DataSpec = Annotated[
+    Annotated[DatasetSpec, Tag("images")] | Annotated[VectorSpec, Tag("vectors")],
+    Discriminator(_data_kind),
+]
 
 SCHEMA_VERSION = 1
 
@@ -68,6 +87,8 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "gan": ("generate",),
     "pixelcnn": ("logits",),
 }
+# The families each kind of data is modelled by (graphs keep the family's names).
+KIND_FAMILIES: dict[str, tuple[str, ...]] = {"images": FAMILY_NAMES, "vectors": ("flow",)}
 
 
 class TensorSpec(StrictModel):
@@ -250,7 +271,7 @@ class Manifest(StrictModel):
     family: Family
     created: str
     description: str
-    dataset: DatasetSpec
+    dataset: DataSpec
     conditioning: Conditioning
     family_info: dict[str, Any] = Field(description="Latent sizes, estimator, coupling, ...")
     graphs: list[GraphSpec]
@@ -268,6 +289,8 @@ class Manifest(StrictModel):
     @model_validator(mode="after")
     def _consistent(self) -> Manifest:
         names = [g.name for g in self.graphs]
+        if self.family not in KIND_FAMILIES[self.dataset.kind]:
+            raise ValueError(f"there are no {self.family} models of {self.dataset.kind}")
         expected = FAMILY_GRAPHS[self.family]
         if sorted(names) != sorted(expected):
             raise ValueError(f"a {self.family} model has graphs {list(expected)}, got {names}")

@@ -44,7 +44,7 @@ from numpy.typing import NDArray
 
 from .background import background_log_likelihood
 from .errors import InvalidInputError
-from .manifest import BackgroundRecord, CalibrationRecord, DatasetSpec, Manifest
+from .manifest import BackgroundRecord, CalibrationRecord, DatasetSpec, Manifest, VectorSpec
 
 if TYPE_CHECKING:
     from .engine import Engine, Likelihood
@@ -67,21 +67,25 @@ class Evidence:
         return cls(likelihood.log_likelihood, x, likelihood.log_posterior)
 
 
-ScoreFn = Callable[[Evidence, DatasetSpec, dict[str, float], BackgroundRecord | None], FloatArray]
+ScoreFn = Callable[
+    [Evidence, DatasetSpec | VectorSpec, dict[str, float], BackgroundRecord | None], FloatArray
+]
 
 
-def nll_bits_per_dim(log_likelihood: FloatArray, spec: DatasetSpec) -> FloatArray:
+def nll_bits_per_dim(log_likelihood: FloatArray, spec: DatasetSpec | VectorSpec) -> FloatArray:
     """Raw negative log-likelihood in bits per dimension."""
     return -np.asarray(log_likelihood, dtype=np.float64) / (spec.dims * math.log(2))
 
 
-def compressed_bits(x: np.ndarray, spec: DatasetSpec) -> FloatArray:
+def compressed_bits(x: np.ndarray, spec: DatasetSpec | VectorSpec) -> FloatArray:
     """Lossless compressed length of each image in bits [N]: raw DEFLATE at level 9.
 
     Raw DEFLATE (no zlib header or checksum) keeps the constant overhead small on tiny
     images; any constant left cancels in rankings and p-values. Each row is compressed on
     its own, so a row's length never depends on the rest of the batch.
     """
+    if not isinstance(spec, DatasetSpec):
+        raise ValueError("the complexity score compresses integer images; vectors have none")
     dtype = np.uint8 if spec.levels <= 256 else np.uint16
     rows = np.ascontiguousarray(np.asarray(x).reshape(len(x), -1).astype(dtype))  # [N, D]
     out = np.empty(len(rows), dtype=np.float64)
@@ -91,24 +95,26 @@ def compressed_bits(x: np.ndarray, spec: DatasetSpec) -> FloatArray:
     return out
 
 
-def _nll(e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None) -> FloatArray:
+def _nll(
+    e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
+) -> FloatArray:
     return nll_bits_per_dim(e.ll, spec)
 
 
 def _typicality(
-    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
     return np.abs(nll_bits_per_dim(e.ll, spec) - stats["typical_bpd"])
 
 
 def _complexity(
-    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
     return nll_bits_per_dim(e.ll, spec) - compressed_bits(e.x, spec) / spec.dims
 
 
 def _likelihood_ratio(
-    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
     if bg is None:
         raise ValueError("likelihood_ratio needs a background model")
@@ -123,7 +129,7 @@ def label_ambiguity(log_posterior: FloatArray) -> FloatArray:
 
 
 def _label_ambiguity(
-    e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+    e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
 ) -> FloatArray:
     if e.log_posterior is None:
         raise ValueError("label_ambiguity needs the label posterior of an unlabelled request")
@@ -135,7 +141,7 @@ def _standardised_sum(parts: tuple[str, ...]) -> ScoreFn:
     statistics are absent is left out: the label posterior when labels are given."""
 
     def fn(
-        e: Evidence, spec: DatasetSpec, stats: dict[str, float], bg: BackgroundRecord | None
+        e: Evidence, spec: DatasetSpec | VectorSpec, stats: dict[str, float], bg: BackgroundRecord | None
     ) -> FloatArray:
         total = np.zeros(len(e.ll), dtype=np.float64)
         for part in parts:
@@ -191,6 +197,7 @@ METHODS: dict[str, tuple[ScoreFn, str]] = {
 }
 NEEDS_BACKGROUND = frozenset({"likelihood_ratio", "ratio_ambiguity", "combined"})
 NEEDS_POSTERIOR = frozenset({"label_ambiguity", "ratio_ambiguity", "combined"})
+NEEDS_IMAGES = frozenset({"complexity", "combined"})
 # Of those, the ones with nothing left to score when labels are given (the sums drop a part).
 POSTERIOR_ONLY = frozenset({"label_ambiguity"})
 DEFAULT_METHOD = "nll"  # only the fallback: each build picks its default on validation data
@@ -204,7 +211,10 @@ def _spread(values: FloatArray) -> float:
 
 
 def method_stats(
-    method: str, reference: Evidence, spec: DatasetSpec, background: BackgroundRecord | None = None
+    method: str,
+    reference: Evidence,
+    spec: DatasetSpec | VectorSpec,
+    background: BackgroundRecord | None = None,
 ) -> dict[str, float]:
     """Statistics a method needs, from in-distribution evidence of the validation split."""
     if method == "typicality":
@@ -221,20 +231,25 @@ def method_stats(
     return out
 
 
-def available_methods(background: BackgroundRecord | None, conditional: bool = True) -> list[str]:
+def available_methods(
+    background: BackgroundRecord | None, conditional: bool = True, images: bool = True
+) -> list[str]:
     """The methods a model can be scored with: stores built without a background lack the
-    ratio, and unconditional models have no label posterior."""
+    ratio, unconditional models have no label posterior, and vectors have no compressed
+    length."""
     return [
         m
         for m in METHODS
-        if (background is not None or m not in NEEDS_BACKGROUND) and (conditional or m not in NEEDS_POSTERIOR)
+        if (background is not None or m not in NEEDS_BACKGROUND)
+        and (conditional or m not in NEEDS_POSTERIOR)
+        and (images or m not in NEEDS_IMAGES)
     ]
 
 
 def score(
     method: str,
     evidence: Evidence,
-    spec: DatasetSpec,
+    spec: DatasetSpec | VectorSpec,
     stats: dict[str, float],
     background: BackgroundRecord | None = None,
 ) -> FloatArray:
@@ -244,22 +259,24 @@ def score(
 
 
 def all_stats(
-    reference: Evidence, spec: DatasetSpec, background: BackgroundRecord | None = None
+    reference: Evidence, spec: DatasetSpec | VectorSpec, background: BackgroundRecord | None = None
 ) -> dict[str, dict[str, float]]:
-    """Every method's statistics from one set of in-distribution reference evidence."""
-    return {m: method_stats(m, reference, spec, background) for m in METHODS}
+    """Every method's statistics from one set of in-distribution reference evidence (for
+    vectors, of the methods that apply to them)."""
+    methods = METHODS if isinstance(spec, DatasetSpec) else available_methods(None, True, images=False)
+    return {m: method_stats(m, reference, spec, background) for m in methods}
 
 
 def calibration_scores(
     evidence: Evidence,
-    spec: DatasetSpec,
+    spec: DatasetSpec | VectorSpec,
     stats: dict[str, dict[str, float]],
     background: BackgroundRecord | None = None,
     conditional: bool = True,
 ) -> dict[str, list[float]]:
     """Every method's scores for the calibration split (stored in the manifest): the
     methods the model admits, less those needing a label posterior the evidence lacks."""
-    methods = available_methods(background, conditional)
+    methods = available_methods(background, conditional, isinstance(spec, DatasetSpec))
     if evidence.log_posterior is None:
         methods = [m for m in methods if m not in POSTERIOR_ONLY]
     return {m: score(m, evidence, spec, stats.get(m, {}), background).tolist() for m in methods}
@@ -310,6 +327,7 @@ async def outlier_results(
     all_methods: bool,
     fdr: float | None = None,
     seed: int = 0,
+    context: np.ndarray | None = None,
 ) -> list[dict[str, Any]]:
     """Per row, {"outlier": {...}} (and {"outliers": [...]} when all methods are asked for).
 
@@ -334,7 +352,7 @@ async def outlier_results(
         # sampled estimator's noise is shared by every row, so other noise shifts every
         # score alike and the ranks against the calibration scores are no longer
         # exchangeable. Score again the calibrated way.
-        ll = await engine.log_likelihood(x, labels, cal.samples, seed=cal.seed)
+        ll = await engine.log_likelihood(x, labels, cal.samples, seed=cal.seed, context=context)
     evidence = Evidence.of(ll, x)
     spec = manifest.dataset
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]

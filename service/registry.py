@@ -10,6 +10,7 @@ import numpy as np
 
 from .batching import Batcher, BatchLimits
 from .config import ModelEntry, Settings
+from .datakinds import DataKind, data_kind
 from .engine import Engine, build_engine
 from .errors import FieldError, ModelNotFoundError, NotReadyError
 from .manifest import Manifest
@@ -29,6 +30,10 @@ class LoadedModel:
     backend: Backend
     engine: Engine
     entry: str = ""  # the `models` entry that loaded it: name or name@version
+    kind: DataKind = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.kind = data_kind(self.version.manifest)
 
     @property
     def name(self) -> str:

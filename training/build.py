@@ -21,7 +21,7 @@ from rich.console import Console
 
 import service
 from service.engine import build_engine, inline_caller, noise_rng
-from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest
+from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest, VectorSpec
 from service.resources import available_cores
 from service.runtime import open_backend
 from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
@@ -53,6 +53,9 @@ _EXPORT_SOURCES = (
     "outlier_calibration.py",
     "ood_sets.py",
     "ood_metrics.py",
+    "vectors/publish.py",
+    "vectors/baselines.py",
+    "graphdef.py",
 )
 
 
@@ -251,7 +254,9 @@ def evaluate_and_publish(
         raise RuntimeError(f"publishing {name} failed verification: {exc}") from exc
 
 
-def check_same_kind(store: ModelStore, name: str, family: str, conditional: bool, spec: DatasetSpec) -> None:
+def check_same_kind(
+    store: ModelStore, name: str, family: str, conditional: bool, spec: DatasetSpec | VectorSpec
+) -> None:
     """Refuse to publish under `name` a model of another kind than its latest version: a
     client asking for `gan-digits` must not silently get a VAE, another data shape, or a
     `y` input over another number of classes."""
@@ -261,13 +266,13 @@ def check_same_kind(store: ModelStore, name: str, family: str, conditional: bool
         return
     data = latest.dataset
     classes = data.num_classes if latest.conditioning.conditional else 0
-    theirs = (latest.family, latest.conditioning.conditional, tuple(data.shape), data.levels, classes)
-    ours = (family, conditional, tuple(spec.shape), spec.levels, spec.num_classes if conditional else 0)
-    if theirs != ours:
+    theirs = (latest.family, latest.conditioning.conditional, classes, data.signature(), data.summary())
+    ours = (family, conditional, spec.num_classes if conditional else 0, spec.signature(), spec.summary())
+    if theirs[:4] != ours[:4]:
 
-        def kind(family: str, conditional: bool, shape: Any, levels: int, classes: int) -> str:
+        def kind(family: str, conditional: bool, classes: int, _sig: Any, summary: str) -> str:
             how = f"conditional ({classes} classes)" if conditional else "unconditional"
-            return f"{how} {family} on {list(shape)} images of {levels} levels"
+            return f"{how} {family} on {summary}"
 
         raise StoreError(
             f"{name} v{latest.version} is a {kind(*theirs)}; refusing to publish a {kind(*ours)} "

@@ -28,7 +28,7 @@ from .families import GenerativeModel, build_model
 
 # Sources whose changes change what training produces; checkpoints made by other code
 # are not reused (see `code_fingerprint`).
-_TRAINING_SOURCES = ("families", "data.py", "train.py", "runtime.py")
+_TRAINING_SOURCES = ("families", "vectors", "data.py", "train.py", "runtime.py", "graphdef.py")
 
 
 class CheckpointInfo(BaseModel):

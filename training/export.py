@@ -12,13 +12,12 @@ import copy
 import logging
 import warnings
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from service.manifest import GraphSpec, TensorSpec
 
@@ -28,6 +27,10 @@ from .families.gan import GANModel
 from .families.layers import bake_masks
 from .families.pixelcnn import PixelCNNModel
 from .families.vae import VAEModel
+from .graphdef import GraphDef, wrap
+from .vectors.flows import VectorFlowModel
+
+ExportableModel = GenerativeModel | VectorFlowModel
 
 OPSET = 18
 LIKELIHOOD_RTOL = 1e-4  # log-likelihoods: relative
@@ -42,53 +45,14 @@ class ExportError(RuntimeError):
     """An export failed its checks (symbolic axes, parity, round trip)."""
 
 
-class _G1(nn.Module):
-    def __init__(self, model: nn.Module, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.model = model
-        self.fn = fn
-
-    def forward(self, a: Tensor) -> Any:
-        return self.fn(self.model, a)
-
-
-class _G2(_G1):
-    def forward(self, a: Tensor, b: Tensor) -> Any:  # type: ignore[override]
-        return self.fn(self.model, a, b)
-
-
-class _G3(_G1):
-    def forward(self, a: Tensor, b: Tensor, c: Tensor) -> Any:  # type: ignore[override]
-        return self.fn(self.model, a, b, c)
-
-
-@dataclass
-class GraphDef:
-    """One graph to export: a module with exactly the graph's inputs, and its signature."""
-
-    name: str
-    description: str
-    module: nn.Module
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    likelihood_outputs: tuple[str, ...] = ()
-
-    def input_names(self) -> list[str]:
-        return [t.name for t in self.inputs]
-
-    def output_names(self) -> list[str]:
-        return [t.name for t in self.outputs]
-
-
-def _wrap(model: nn.Module, fn: Callable[..., Any], arity: int) -> nn.Module:
-    return {1: _G1, 2: _G2, 3: _G3}[arity](model, fn)
-
-
-def graph_defs(model: GenerativeModel) -> list[GraphDef]:
+def graph_defs(model: ExportableModel) -> list[GraphDef]:
     """The graphs of DESIGN.md's contract for this model's family.
 
     Data inputs are float32 in level units; labels are int64; unconditional graphs omit y.
+    Vector flows define their own (standardised vectors, labels, context).
     """
+    if isinstance(model, VectorFlowModel):
+        return model.graph_defs()
     C, H, W = model.spec.shape
     K = model.spec.levels
     cond = model.conditional
@@ -111,7 +75,7 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "log_prob",
                 "log density of dequantized x (level units, x + u with u in [0,1)) in nats",
-                _wrap(model, with_y(lambda m, x, yy: m.log_prob(x, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, x, yy: m.log_prob(x, yy)), 1 + cond),
                 ins(x_in),
                 [TensorSpec(name="log_prob", dtype="float32", shape=["batch"])],
                 ("log_prob",),
@@ -119,14 +83,14 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "forward",
                 "standardised latent z = f(x) of dequantized x; N(0, I) under the model",
-                _wrap(model, with_y(lambda m, x, yy: m(x, yy)[0]), 1 + cond),
+                wrap(model, with_y(lambda m, x, yy: m(x, yy)[0]), 1 + cond),
                 ins(x_in),
                 [TensorSpec(name="z", dtype="float32", shape=img)],
             ),
             GraphDef(
                 "inverse",
                 "x = f^-1(z): continuous level units in [0, K); floor gives data",
-                _wrap(model, with_y(lambda m, z, yy: m.inverse(z, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, z, yy: m.inverse(z, yy)), 1 + cond),
                 ins(TensorSpec(name="z", dtype="float32", shape=img)),
                 [TensorSpec(name="x", dtype="float32", shape=img)],
             ),
@@ -137,7 +101,7 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "encode",
                 "posterior q(z|x): mean and log-variance",
-                _wrap(model, with_y(lambda m, x, yy: m.encode(x, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, x, yy: m.encode(x, yy)), 1 + cond),
                 ins(x_in),
                 [
                     TensorSpec(name="mu", dtype="float32", shape=["batch", dz]),
@@ -147,14 +111,14 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "decode",
                 "p(x|z): per-pixel logits over the K levels",
-                _wrap(model, with_y(lambda m, z, yy: m.decode(z, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, z, yy: m.decode(z, yy)), 1 + cond),
                 ins(TensorSpec(name="z", dtype="float32", shape=["batch", dz])),
                 [TensorSpec(name="logits", dtype="float32", shape=["batch", C, H, W, K])],
             ),
             GraphDef(
                 "log_weights",
                 "importance log-weights log p(x,z_k) - log q(z_k|x), z_k = mu + sigma * eps_k",
-                _wrap(model, with_y(lambda m, x, yy, e: m.log_weights(x, yy, e)), 2 + cond),
+                wrap(model, with_y(lambda m, x, yy, e: m.log_weights(x, yy, e)), 2 + cond),
                 ins(x_in, TensorSpec(name="eps", dtype="float32", shape=["batch", "samples", dz])),
                 [TensorSpec(name="log_w", dtype="float32", shape=["batch", "samples"])],
                 ("log_w",),
@@ -166,7 +130,7 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "generate",
                 "x = G(z) (EMA generator): continuous level units in [0, K); floor gives data",
-                _wrap(model, with_y(lambda m, z, yy: m.generate(z, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, z, yy: m.generate(z, yy)), 1 + cond),
                 ins(TensorSpec(name="z", dtype="float32", shape=["batch", dz])),
                 [TensorSpec(name="x", dtype="float32", shape=img)],
             )
@@ -176,7 +140,7 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
             GraphDef(
                 "logits",
                 "per-pixel logits over the K levels; position i depends only on pixels before i",
-                _wrap(model, with_y(lambda m, x, yy: m.logits(x, yy)), 1 + cond),
+                wrap(model, with_y(lambda m, x, yy: m.logits(x, yy)), 1 + cond),
                 ins(x_in),
                 [TensorSpec(name="logits", dtype="float32", shape=["batch", C, H, W, K])],
             )
@@ -187,18 +151,28 @@ def graph_defs(model: GenerativeModel) -> list[GraphDef]:
 
 
 def example_inputs(
-    g: GraphDef, batch: int, samples: int, x: Tensor, y: Tensor | None, gen: torch.Generator
+    g: GraphDef,
+    batch: int,
+    samples: int,
+    x: Tensor,
+    y: Tensor | None,
+    gen: torch.Generator,
+    c: Tensor | None = None,
+    dequantize: bool = True,
 ) -> tuple[Tensor, ...]:
-    """Inputs for a graph: real held-out images where it takes data, noise elsewhere."""
+    """Inputs for a graph: real held-out data (and context) where it takes them, noise elsewhere."""
     out: list[Tensor] = []
     for t in g.inputs:
         shape = [batch if d == "batch" else samples if d == "samples" else int(d) for d in t.shape]
         if t.name == "y":
             assert y is not None
             out.append(y[:batch].to(torch.long))
+        elif t.name == "c":
+            assert c is not None
+            out.append(c[:batch].to(torch.float32))
         elif t.name == "x":
             xb = x[:batch].to(torch.float32)
-            if g.name in ("log_prob", "forward"):  # flows see dequantized data
+            if dequantize and g.name in ("log_prob", "forward"):  # image flows see dequantized data
                 xb = xb + torch.rand(xb.shape, generator=gen)
             out.append(xb)
         else:
@@ -206,7 +180,7 @@ def example_inputs(
     return tuple(out)
 
 
-def prepare_for_export(model: GenerativeModel) -> GenerativeModel:
+def prepare_for_export(model: ExportableModel) -> ExportableModel:
     """A CPU copy in eval mode, masks baked into weights, cached inverses refreshed."""
     m = copy.deepcopy(model).cpu()
     bake_masks(m)
@@ -246,6 +220,7 @@ def _export_onnx(g: GraphDef, example: tuple[Tensor, ...], path: Path) -> None:
             external_data=False,
             verbose=False,
             dynamo=True,
+            optimize=g.optimize,
         )
     proto = onnx.load(str(path))
     onnx.checker.check_model(proto)
@@ -271,9 +246,16 @@ def _export_torchscript(g: GraphDef, example: tuple[Tensor, ...], path: Path) ->
 
 
 def export_graphs(
-    model: GenerativeModel, folder: Path, x_held_out: Tensor, y_held_out: Tensor | None
+    model: ExportableModel,
+    folder: Path,
+    x_held_out: Tensor,
+    y_held_out: Tensor | None,
+    c_held_out: Tensor | None = None,
 ) -> tuple[list[GraphSpec], dict[str, dict[str, float]]]:
     """Write `<graph>.onnx` and `<graph>.pt` for every graph into `folder` and check parity.
+
+    Held-out data feed the data inputs: integer images, or a vector model's standardised
+    vectors (`c_held_out`: their standardised context).
 
     Returns the graph specs for the manifest and the measured parity gaps
     {graph: {"onnx": gap, "torchscript": gap}} (relative for likelihoods, else absolute).
@@ -285,13 +267,16 @@ def export_graphs(
     specs: list[GraphSpec] = []
     gaps: dict[str, dict[str, float]] = {}
     for g in graph_defs(m):
-        trace_in = example_inputs(g, 2, 3, x_held_out, y_held_out, gen)
+        dequantize = not isinstance(m, VectorFlowModel)
+        trace_in = example_inputs(g, 2, 3, x_held_out, y_held_out, gen, c_held_out, dequantize)
         onnx_path, ts_path = folder / f"{g.name}.onnx", folder / f"{g.name}.pt"
         _export_onnx(g, trace_in, onnx_path)
         _export_torchscript(g, trace_in, ts_path)
 
         # Parity on a batch (and sample count) the export never saw.
-        check_in = example_inputs(g, min(16, len(x_held_out)), 5, x_held_out, y_held_out, gen)
+        check_in = example_inputs(
+            g, min(16, len(x_held_out)), 5, x_held_out, y_held_out, gen, c_held_out, dequantize
+        )
         with torch.no_grad():
             eager = _as_tuple(g.module(*check_in))
         feeds = {n: t.numpy() for n, t in zip(g.input_names(), check_in, strict=True)}
@@ -364,7 +349,7 @@ class EagerBackend:
     device = "cpu"
     lanes = 1
 
-    def __init__(self, model: GenerativeModel) -> None:
+    def __init__(self, model: ExportableModel) -> None:
         self._graphs = {g.name: g for g in graph_defs(prepare_for_export(model))}
 
     def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

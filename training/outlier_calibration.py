@@ -15,7 +15,7 @@ import numpy as np
 
 from service.background import fit_background
 from service.engine import Engine
-from service.manifest import BackgroundRecord, CalibrationRecord
+from service.manifest import BackgroundRecord, CalibrationRecord, DatasetSpec
 from service.outliers import (
     POSTERIOR_ONLY,
     Evidence,
@@ -51,6 +51,7 @@ async def select_method(
     alone is ranked but never made the default: a default must serve labelled requests too.
     """
     spec = engine.spec
+    assert isinstance(spec, DatasetSpec), "synthetic outlier sets are images"
     methods = available_methods(background, engine.conditional)
     inlier = {m: score(m, val, spec, stats[m], background) for m in methods}
     table: dict[str, dict[str, float]] = {m: {} for m in methods}

@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar, cast
 
 import numpy as np
 import torch
@@ -37,9 +37,11 @@ from .data import (
 )
 from .families import GenerativeModel, build_model, default_config
 from .families.augment import dihedral, draw_transforms
+from .families.base import Trainable
 from .runtime import configure_threads, pick_device, seed_everything
 
 Validator = Callable[[GenerativeModel], float]
+M = TypeVar("M", bound=Trainable)
 log = logging.getLogger(__name__)
 
 
@@ -159,14 +161,14 @@ class WeightAverage:
     data sets where the likelihood overfits within minutes.
     """
 
-    def __init__(self, model: GenerativeModel, decay: float) -> None:
+    def __init__(self, model: Trainable, decay: float) -> None:
         self.decay = decay
         self.shadow = copy.deepcopy(model)
         self.shadow.requires_grad_(False)
         self.updates = 0
 
     @torch.no_grad()
-    def update(self, model: GenerativeModel) -> None:
+    def update(self, model: Trainable) -> None:
         """Fold the current weights in (with warm-up, so early averages are not stale)."""
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
@@ -204,17 +206,20 @@ def likelihood_validator(x: Tensor, y: Tensor | None, samples: int, seed: int = 
 
 
 def fit(
-    model: GenerativeModel,
+    model: M,
     x_train: Tensor,
     y_train: Tensor | None,
-    validate: Validator,
+    validate: Callable[[M], float],
     cfg: TrainConfig,
     seed: int,
     label: str = "train",
     progress: bool = True,
     say: Callable[[str], None] | None = None,
-) -> tuple[GenerativeModel, dict[str, Any], list[dict[str, float]]]:
+) -> tuple[M, dict[str, Any], list[dict[str, float]]]:
     """Optimise `model` in place; returns it with the best validation state loaded.
+
+    `y_train` is whatever the model conditions on, row by row (labels for images; for
+    vectors, the context and labels as one float tensor), batched with `x_train`.
 
     `say` hears the run's announcements as lines: the time estimate after the first
     epochs, and a warning when a time limit cuts the run short (default: printed when
@@ -284,7 +289,7 @@ def fit(
             # The last epoch is always judged, so a run cut short (or one whose epoch limit
             # is not a multiple of val_every) never keeps only its initial weights.
             if epoch % cfg.val_every == 0 or over_time or epoch == cfg.max_epochs:
-                judged = model if average is None else average.shadow
+                judged = model if average is None else cast(M, average.shadow)
                 judged.eval()
                 score = validate(judged)
                 history.append({"epoch": epoch, "val": score, **train_metrics})

@@ -15,7 +15,7 @@ from pydantic import BaseModel
 from ..engine import Likelihood, Reconstruction, noise_rng
 from ..engine.completion import DEFAULT_PARTICLES, needs_particles
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
-from ..imaging import drawable_caption, reconstruction_grid_png, sample_grid_png
+from ..imaging import drawable_caption
 from ..metrics import StageTimer
 from ..outliers import outlier_results
 from ..registry import LoadedModel, Registry
@@ -23,7 +23,6 @@ from .execution import guarded
 from .parsing import (
     array_from_json,
     array_from_npy,
-    check_images,
     check_mask,
     check_output_size,
     params_from_query,
@@ -59,8 +58,12 @@ def npy_query_parameters(cls: type[BaseModel]) -> list[dict[str, Any]]:
         if name in ("inputs", "mask", "particles"):  # arrays travel in the body; particles need a mask
             continue
         branches = [b for b in prop.get("anyOf", [prop]) if b.get("type") != "null"]
-        if name == "labels" or len(branches) != 1:
-            typed: dict[str, Any] = {"type": "string"}
+        typed: dict[str, Any]
+        if name == "context":
+            typed = {"type": "string"}
+            note = " One context row for all inputs, comma-separated numbers."
+        elif name == "labels" or len(branches) != 1:
+            typed = {"type": "string"}
             note = " One label for all rows or a comma-separated list, each an index or a class name."
         else:
             typed = {k: v for k, v in branches[0].items() if k not in ("title", "description")}
@@ -136,12 +139,13 @@ async def sample(request: Request) -> Response:
     stages = StageTimer(request.app.state.metrics, "/sample")
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
-    spec, engine = model.manifest.dataset, model.engine
+    spec, engine, kind = model.manifest.dataset, model.engine, model.kind
     limit = settings.sample_cap(model.manifest.family)
     if req.n > limit:
         raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
-    check_output_size(req.n, spec.dims, settings.max_output_values, "n")
+    check_output_size(req.n, kind.values_per_row, settings.max_output_values, "n")
     labels = resolve_labels(req.labels, req.n, spec, engine.conditional, model.name)
+    context = kind.check_context(_optional_array(req.context, "context"), req.n, model.name)
     seed = req.seed if req.seed is not None else secrets.randbits(63)
     temperature = req.temperature if req.temperature is not None else model.manifest.default_temperature
     rng = noise_rng(seed)
@@ -153,7 +157,7 @@ async def sample(request: Request) -> Response:
     stages.done(model.name, model.version.version, "parse")
     samples = await guarded(
         request,
-        engine.sample(req.n, labels, rng, temperature),
+        engine.sample(req.n, labels, rng, temperature, context),
         _timeout(request, req),
         lifecycle=request.app.state.lifecycle,
     )
@@ -173,16 +177,14 @@ def _sample_response(
     temperature: float,
 ) -> Response:
     """Samples as .npy, a labelled PNG grid, or JSON in data units, with the seed in a header."""
-    spec = model.manifest.dataset
+    spec, kind = model.manifest.dataset, model.kind
     headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
     if fmt == "npy":
-        return Response(_npy_bytes(samples.astype(np.int64)), media_type=NPY, headers=headers)
+        return Response(_npy_bytes(samples.astype(kind.sample_dtype)), media_type=NPY, headers=headers)
     names = spec.label_names
     if fmt == "png":
         captions = [drawable_caption(names, i) for i in labels] if (labels is not None and names) else None
-        return Response(
-            sample_grid_png(samples, spec.levels, captions), media_type="image/png", headers=headers
-        )
+        return Response(kind.samples_png(samples, captions), media_type="image/png", headers=headers)
     return _json(
         {
             "model": model.name,
@@ -191,13 +193,17 @@ def _sample_response(
             "seed": seed,
             "temperature": temperature,
             "shape": list(samples.shape),
-            "levels": spec.levels,
+            **kind.sample_fields(),
             "labels": None if labels is None else labels.tolist(),
             "label_names": None if labels is None or not names else [names[i] for i in labels],
             "samples": samples,
         },
         headers,
     )
+
+
+def _optional_array(value: Any, field: str) -> np.ndarray | None:
+    return None if value is None else array_from_json(value, field)
 
 
 async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.ndarray]:
@@ -233,10 +239,11 @@ async def log_likelihood(request: Request) -> Response:
     stages = StageTimer(request.app.state.metrics, "/log-likelihood")
     req, raw = await _inputs_and_params(request, LogLikelihoodRequest)
     model = _model_for(request, req.model, req.version)
-    spec, engine, manifest = model.manifest.dataset, model.engine, model.manifest
+    spec, engine, manifest, kind = model.manifest.dataset, model.engine, model.manifest, model.kind
     engine.ensure_can_score()
-    x = check_images(raw, spec, "inputs", settings.max_rows)
+    x = kind.check_inputs(raw, "inputs", settings.max_rows)
     labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
+    context = kind.check_context(_optional_array(req.context, "context"), len(x), model.name)
     default_samples = int(manifest.family_info.get("default_samples", 1) or 1)
     samples = req.importance_samples or default_samples
     if samples > settings.max_importance_samples:
@@ -248,7 +255,7 @@ async def log_likelihood(request: Request) -> Response:
     stages.done(model.name, model.version.version, "parse")
 
     async def score() -> tuple[Likelihood, list[dict[str, Any]]]:
-        ll = await engine.log_likelihood(x, labels, samples, req.seed)
+        ll = await engine.log_likelihood(x, labels, samples, req.seed, context)
         outliers = await outlier_results(
             engine,
             manifest,
@@ -261,6 +268,7 @@ async def log_likelihood(request: Request) -> Response:
             req.all_outlier_methods,
             req.fdr,
             req.seed,
+            context,
         )
         return ll, outliers
 
@@ -269,12 +277,13 @@ async def log_likelihood(request: Request) -> Response:
     )
     stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.rows_scored.labels(model.name, "log-likelihood").inc(len(x))
-    bpd = engine.bits_per_dim(ll.log_likelihood)
+    units = kind.row_units(ll.log_likelihood)
     names = spec.label_names or []
     posterior = ll.posterior
     rows: list[dict[str, Any]] = []
     for i in range(len(x)):
-        row: dict[str, Any] = {"log_likelihood": float(ll.log_likelihood[i]), "bits_per_dim": float(bpd[i])}
+        row: dict[str, Any] = {"log_likelihood": float(ll.log_likelihood[i])}
+        row.update((k, float(v[i])) for k, v in units.items())
         if posterior is not None:
             post = posterior[i]
             row["label_posterior"] = dict(zip(names, post.tolist(), strict=True))
@@ -287,6 +296,7 @@ async def log_likelihood(request: Request) -> Response:
             "version": model.version.version,
             "family": manifest.family,
             "estimator": ll.estimator,
+            "density": kind.density(),
             "importance_samples": samples,
             "seed": req.seed,
             "marginal": ll.marginal,
@@ -347,12 +357,13 @@ async def reconstruct(request: Request) -> Response:
     stages = StageTimer(request.app.state.metrics, "/reconstruct")
     req, raw = await _inputs_and_params(request, ReconstructRequest)
     model = _model_for(request, req.model, req.version)
-    spec, engine = model.manifest.dataset, model.engine
+    spec, engine, kind = model.manifest.dataset, model.engine, model.kind
     engine.ensure_can_reconstruct()
-    x = check_images(raw, spec, "inputs", settings.max_rows)
-    check_output_size(len(x), 3 * spec.dims, settings.max_output_values, "inputs")
+    x = kind.check_inputs(raw, "inputs", settings.max_rows)
+    check_output_size(len(x), 3 * kind.values_per_row, settings.max_output_values, "inputs")
     mask = check_mask(req.mask, x) if _media_type(request) != NPY else None
     labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
+    context = kind.check_context(_optional_array(req.context, "context"), len(x), model.name)
     if engine.conditional and labels is None:
         raise InvalidInputError.field(
             ["labels"],
@@ -376,7 +387,7 @@ async def reconstruct(request: Request) -> Response:
     stages.done(model.name, model.version.version, "parse")
     result = await guarded(
         request,
-        engine.reconstruct(x, labels, mask, noise_rng(seed or 0), particles),
+        engine.reconstruct(x, labels, mask, noise_rng(seed or 0), particles, context),
         _timeout(request, req),
         lifecycle=request.app.state.lifecycle,
     )
@@ -407,10 +418,9 @@ def _reconstruct_response(
         np.savez(buf, allow_pickle=False, **result.arrays)
         return Response(buf.getvalue(), media_type=NPZ, headers=headers)
     if fmt == "png":
-        spec = model.manifest.dataset
-        names = spec.label_names
+        names = model.manifest.dataset.label_names
         captions = [drawable_caption(names, i) for i in labels] if (labels is not None and names) else None
-        png = reconstruction_grid_png(x, result.arrays["reconstruction"], spec.levels, mask, captions)
+        png = model.kind.reconstruction_png(x, result.arrays["reconstruction"], mask, captions)
         return Response(png, media_type="image/png", headers=headers)
     return _json(
         {

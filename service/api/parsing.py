@@ -20,7 +20,7 @@ from numpy.lib import format as npy_format
 from pydantic import BaseModel, ValidationError
 
 from ..errors import FieldError, InvalidInputError, MalformedBodyError, PayloadTooLargeError
-from ..manifest import DatasetSpec
+from ..manifest import DatasetSpec, VectorSpec
 
 M = TypeVar("M", bound=BaseModel)
 # A class index in a query string: ASCII digits only (str.isdigit also accepts '²'), and
@@ -67,6 +67,8 @@ def params_from_query(query: Mapping[str, str], cls: type[BaseModel]) -> dict[st
         if key in query and key in cls.model_fields:
             raise InvalidInputError.field([key], f"with an application/x-npy body, send {key} in {where}")
     params: dict[str, Any] = dict(query)
+    if "context" in params:  # one context row for all rows, comma-separated; numbers checked later
+        params["context"] = [part.strip() for part in params["context"].split(",")]
     if "labels" in params:
         items: list[int | str] = [
             int(p) if _INDEX.fullmatch(p) else p
@@ -82,7 +84,7 @@ def array_from_json(value: Any, field: str) -> np.ndarray:
     if value is None:
         raise InvalidInputError.field([field], "is required")
     if isinstance(value, bool | str | dict):
-        raise InvalidInputError.field([field], "must be a nested list of integers")
+        raise InvalidInputError.field([field], "must be a nested list of numbers")
     try:
         arr = np.asarray(value, dtype=np.float64)
     except (ValueError, TypeError):
@@ -127,32 +129,6 @@ def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
         raise MalformedBodyError("the .npy header declares an invalid shape") from None
 
 
-def check_images(arr: np.ndarray, spec: DatasetSpec, field: str, max_rows: int) -> np.ndarray:
-    """Shape, finiteness, integrality and range of images; returns int64 [N, C, H, W]."""
-    C, H, W = spec.shape
-    sent = list(arr.shape)  # reported as sent, before the channel axis is added
-    if arr.ndim == 3 and C == 1:
-        arr = arr[:, None]
-    expected = f"[N, {C}, {H}, {W}]" + (f" or [N, {H}, {W}]" if C == 1 else "")
-    if arr.ndim != 4 or tuple(arr.shape[1:]) != (C, H, W):
-        raise InvalidInputError.field([field], f"expected shape {expected}, got {sent}")
-    if arr.shape[0] == 0:
-        raise InvalidInputError.field([field], "needs at least one row")
-    if arr.shape[0] > max_rows:
-        raise PayloadTooLargeError(
-            f"{field}: {arr.shape[0]} rows is over the limit of {max_rows} per request"
-        )
-    if arr.dtype.kind == "f":
-        if not np.isfinite(arr).all():
-            raise InvalidInputError.field([field], "values must be finite (no NaN or Infinity)")
-        if not (arr == np.floor(arr)).all():
-            raise InvalidInputError.field([field], "values must be integers (grey levels)")
-    lo, hi = arr.min(), arr.max()
-    if lo < 0 or hi > spec.levels - 1:
-        raise InvalidInputError.field([field], f"values must lie in 0..{spec.levels - 1}")
-    return arr.astype(np.int64)
-
-
 def check_mask(value: Any, images: np.ndarray, field: str = "mask") -> np.ndarray | None:
     """A 0/1 mask shaped like the images (or [N, H, W] for one channel)."""
     if value is None:
@@ -170,7 +146,7 @@ def check_mask(value: Any, images: np.ndarray, field: str = "mask") -> np.ndarra
 def resolve_labels(
     labels: int | str | list[int | str] | None,
     rows: int,
-    spec: DatasetSpec,
+    spec: DatasetSpec | VectorSpec,
     conditional: bool,
     model: str,
 ) -> np.ndarray | None:

@@ -49,11 +49,16 @@ class SampleRequest(RequestModel):
             "`default_temperature` (GET /models/{name})."
         ),
     )
+    context: Any = Field(
+        default=None,
+        description="Vector models with a context (e.g. an SBI posterior's observation x): one row "
+        "[C] for all samples, or one per sample [n, C], in the context's units.",
+    )
     format: Literal["json", "png", "npy"] = "json"
 
 
 class SampleResponse(BaseModel):
-    """Samples in data units (integer levels)."""
+    """Samples in data units: integer levels (images) or real values (vectors)."""
 
     model: str
     version: int
@@ -61,17 +66,27 @@ class SampleResponse(BaseModel):
     seed: int
     temperature: float
     shape: list[int]
-    levels: int
+    levels: int | None = Field(default=None, description="Images: the number of grey levels K.")
+    features: list[str] | None = Field(default=None, description="Vectors: the feature names.")
     labels: list[int] | None
     label_names: list[str] | None
-    samples: list[Any] = Field(description="Nested lists [n, C, H, W] of integers 0..K-1.")
+    samples: list[Any] = Field(
+        description="Images: nested lists [n, C, H, W] of integers 0..K-1; vectors: [n, D] values."
+    )
 
 
 class LogLikelihoodRequest(RequestModel):
     """POST /log-likelihood (JSON form; an application/x-npy body takes these as query parameters)."""
 
-    inputs: Any = Field(description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1.")
+    inputs: Any = Field(
+        description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1; or real vectors [N, D]."
+    )
     labels: LabelsField = Field(default=None, description="Omit for a conditional model to marginalise.")
+    context: Any = Field(
+        default=None,
+        description="Vector models with a context: one row [C] for all inputs, or one per input "
+        "[N, C] (with an .npy body: one row, comma-separated).",
+    )
     importance_samples: int | None = Field(
         default=None,
         ge=1,
@@ -107,7 +122,7 @@ class LikelihoodRow(BaseModel):
     """Per-row result of /log-likelihood."""
 
     log_likelihood: float = Field(description="Nats per example (an estimate or bound; see estimator).")
-    bits_per_dim: float
+    bits_per_dim: float | None = Field(default=None, description="Images: bits per dimension.")
     label_posterior: dict[str, float] | None = Field(
         default=None, description="p(y | x) by Bayes' rule, for a conditional model given no labels."
     )
@@ -123,6 +138,7 @@ class LogLikelihoodResponse(BaseModel):
     version: int
     family: str
     estimator: str
+    density: str = Field(description="What log_likelihood is the log of, and in which units.")
     importance_samples: int
     seed: int
     marginal: bool = Field(description="True when log p(x) was marginalised over the labels.")
@@ -132,8 +148,11 @@ class LogLikelihoodResponse(BaseModel):
 class ReconstructRequest(RequestModel):
     """POST /reconstruct."""
 
-    inputs: Any = Field(description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1.")
+    inputs: Any = Field(
+        description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1; or real vectors [N, D]."
+    )
     labels: LabelsField = None
+    context: Any = Field(default=None, description="Vector models with a context: [C] or [N, C].")
     mask: Any = Field(
         default=None, description="Same shape as inputs: 1 = known pixel, 0 = fill in (PixelCNN)."
     )

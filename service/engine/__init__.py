@@ -8,18 +8,29 @@ from .flow import FlowEngine
 from .gan import GANEngine
 from .pixelcnn import PixelCNNEngine
 from .vae import VAEEngine
+from .vector_flow import VectorFlowEngine
 
-ENGINES: dict[str, type[Engine]] = {
-    "flow": FlowEngine,
-    "vae": VAEEngine,
-    "gan": GANEngine,
-    "pixelcnn": PixelCNNEngine,
+# (data kind, family) -> engine: a family on another kind of data serves differently
+# (vectors need no dequantization, and take a context).
+ENGINES: dict[tuple[str, str], type[Engine]] = {
+    ("images", "flow"): FlowEngine,
+    ("images", "vae"): VAEEngine,
+    ("images", "gan"): GANEngine,
+    ("images", "pixelcnn"): PixelCNNEngine,
+    ("vectors", "flow"): VectorFlowEngine,
 }
 
 
+class UnservableModelError(ValueError):
+    """A manifest whose family this server has no engine for on its kind of data."""
+
+
 def build_engine(manifest: Manifest, call: GraphCaller) -> Engine:
-    """The engine for the manifest's family."""
-    return ENGINES[manifest.family](manifest, call)
+    """The engine for the manifest's family on its kind of data."""
+    key = (manifest.dataset.kind, manifest.family)
+    if key not in ENGINES:
+        raise UnservableModelError(f"no engine serves {manifest.family} models on {key[0]}")
+    return ENGINES[key](manifest, call)
 
 
 __all__ = [
@@ -28,6 +39,7 @@ __all__ = [
     "GraphCaller",
     "Likelihood",
     "Reconstruction",
+    "UnservableModelError",
     "build_engine",
     "inline_caller",
     "noise_rng",

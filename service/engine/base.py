@@ -16,7 +16,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, UnsupportedOperationError
-from ..manifest import Manifest
+from ..manifest import DatasetSpec, Manifest, VectorSpec
 
 Arrays = dict[str, np.ndarray]
 IntImages = NDArray[np.int64]
@@ -127,9 +127,7 @@ class Engine:
     def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
         self.manifest = manifest
         self.call = call
-        self.spec = manifest.dataset
-        self.levels = manifest.dataset.levels
-        self.shape = manifest.dataset.shape
+        self.spec: DatasetSpec | VectorSpec = manifest.dataset
         self.conditional = manifest.conditioning.conditional
         prior = manifest.conditioning.class_prior
         with np.errstate(divide="ignore"):  # a class without training examples: log 0 = -inf
@@ -156,14 +154,23 @@ class Engine:
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
-    ) -> IntImages:
-        """`n` samples [n, C, H, W] in data units."""
+        context: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """`n` samples in data units ([n, C, H, W] levels, or [n, D] values).
+
+        `context` [n, C] is the conditioning vector of a model that takes one (validated
+        by the data kind: never given to a model without one)."""
         raise NotImplementedError
 
     async def conditional_log_likelihood(
-        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+        self,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        context: np.ndarray | None = None,
     ) -> NDArray[np.float64]:
-        """log p(x | y) per row (nats), estimator noise shared by all rows."""
+        """log p(x | y[, context]) per row (nats), estimator noise shared by all rows."""
         self.ensure_can_score()
         raise NotImplementedError
 
@@ -178,7 +185,12 @@ class Engine:
         return parts[0] if len(parts) == 1 else {k: np.concatenate([o[k] for o in parts]) for k in parts[0]}
 
     async def log_likelihood(
-        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+        self,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        context: np.ndarray | None = None,
     ) -> Likelihood:
         """log p(x | y) with labels; for a conditional model without labels, the marginal
         log p(x) = log Σ_y p(x | y) p(y) and the posterior p(y | x) (Bayes' rule)."""
@@ -190,7 +202,10 @@ class Engine:
             # of a whole 20,000-row request would not be small.
             for part in row_chunks(len(x), classes):
                 rows, labs = self.all_labels(part.stop - part.start)
-                per_parts.append(await self.conditional_log_likelihood(x[part][rows], labs, samples, seed))
+                ctx = None if context is None else context[part][rows]
+                per_parts.append(
+                    await self.conditional_log_likelihood(x[part][rows], labs, samples, seed, ctx)
+                )
             per = np.concatenate(per_parts)
             joint = per.reshape(len(x), -1) + self.log_prior[None, :]
             top = joint.max(axis=1, keepdims=True)
@@ -198,16 +213,17 @@ class Engine:
             # Kept in log space: a confident row's runner-up label is e^-700 and beyond.
             log_posterior = joint - marginal[:, None]
             return Likelihood(marginal, self.estimator(samples), samples, True, log_posterior)
-        ll = await self.conditional_log_likelihood(x, labels, samples, seed)
+        ll = await self.conditional_log_likelihood(x, labels, samples, seed, context)
         return Likelihood(ll, self.estimator(samples), samples)
 
     async def reconstruct(
         self,
-        x: IntImages,
+        x: np.ndarray,
         labels: np.ndarray | None,
         mask: np.ndarray | None,
         rng: np.random.Generator,
         particles: int | None = None,
+        context: np.ndarray | None = None,
     ) -> Reconstruction:
         """Family-specific reconstruction or completion (`particles`: PixelCNN only)."""
         self.ensure_can_reconstruct()
@@ -233,6 +249,19 @@ class Engine:
             raise InvalidInputError.field(
                 ["mask"], f"masks are supported by pixelcnn models, not {self.family}"
             )
+
+
+class ImageEngine(Engine):
+    """Engines of integer-level images: levels, shape, bits per dimension."""
+
+    spec: DatasetSpec
+
+    def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
+        super().__init__(manifest, call)
+        spec = manifest.dataset
+        assert isinstance(spec, DatasetSpec), "an image engine needs image data"
+        self.levels = spec.levels
+        self.shape = spec.shape
 
     def bits_per_dim(self, nats: np.ndarray) -> np.ndarray:
         """Nats per example -> bits per dimension of the discrete data."""

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import Engine, IntImages, Reconstruction, discretize, noise_rng, row_chunks
+from .base import ImageEngine, IntImages, Reconstruction, discretize, noise_rng, row_chunks
 
 
-class FlowEngine(Engine):
+class FlowEngine(ImageEngine):
     """Uniform dequantization; standardised latents shaped like the data."""
 
     family = "flow"
@@ -19,6 +19,7 @@ class FlowEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
+        context: np.ndarray | None = None,
     ) -> IntImages:
         """x = floor(f^-1(T·z)), z ~ N(0, I)."""
         z = rng.standard_normal((n, *self.shape), dtype=np.float32) * np.float32(temperature)
@@ -31,7 +32,12 @@ class FlowEngine(Engine):
         return f"importance-weighted uniform-dequantization lower bound log mean_s p(x+u_s), S={samples}"
 
     async def conditional_log_likelihood(
-        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+        self,
+        x: IntImages,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        context: np.ndarray | None = None,
     ) -> NDArray[np.float64]:
         """log (1/S) Σ_s p(x + u_s): a lower bound on log P(x) that tightens as S grows
         (S = 1 is the plain bound E_u log p(x + u)). The S draws are shared by all rows."""
@@ -55,6 +61,7 @@ class FlowEngine(Engine):
         mask: np.ndarray | None,
         rng: np.random.Generator,
         particles: int | None = None,
+        context: np.ndarray | None = None,
     ) -> Reconstruction:
         """z = f(x + ½) (bin centres, deterministic) and its inverse f^-1(z)."""
         self.check_mask_unsupported(mask)

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import Engine, IntImages, discretize
+from .base import ImageEngine, IntImages, discretize
 
 
-class GANEngine(Engine):
+class GANEngine(ImageEngine):
     """Samples only; the base class answers likelihood and reconstruction with a clear 422."""
 
     family = "gan"
@@ -20,6 +20,7 @@ class GANEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
+        context: np.ndarray | None = None,
     ) -> IntImages:
         """x = floor(G(T·z)), z ~ N(0, I)."""
         dz = int(self.manifest.family_info["latent_dim"])

@@ -7,7 +7,7 @@ from numpy.typing import NDArray
 
 from ..errors import InvalidInputError
 from .base import (
-    Engine,
+    ImageEngine,
     IntImages,
     Reconstruction,
     categorical_from_uniform,
@@ -25,7 +25,7 @@ from .completion import (
 )
 
 
-class PixelCNNEngine(Engine):
+class PixelCNNEngine(ImageEngine):
     """Ancestral sampling in raster order (rows, columns, channels), one graph call per step."""
 
     family = "pixelcnn"
@@ -36,7 +36,12 @@ class PixelCNNEngine(Engine):
         return "exact"
 
     async def conditional_log_likelihood(
-        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+        self,
+        x: IntImages,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        context: np.ndarray | None = None,
     ) -> NDArray[np.float64]:
         """Σ_i log p(x_i | x_<i, y), exact."""
         out = np.empty(len(x), dtype=np.float64)
@@ -79,6 +84,7 @@ class PixelCNNEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
+        context: np.ndarray | None = None,
     ) -> IntImages:
         """Ancestral sampling with softmax temperature T."""
         u = rng.random((n, *self.shape), dtype=np.float32)
@@ -91,6 +97,7 @@ class PixelCNNEngine(Engine):
         mask: np.ndarray | None,
         rng: np.random.Generator,
         particles: int | None = None,
+        context: np.ndarray | None = None,
     ) -> Reconstruction:
         """Complete the pixels where `mask` is 0, conditioned on every known pixel.
 

@@ -8,7 +8,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from .base import (
-    Engine,
+    ImageEngine,
     IntImages,
     Reconstruction,
     categorical_from_uniform,
@@ -18,7 +18,7 @@ from .base import (
 )
 
 
-class VAEEngine(Engine):
+class VAEEngine(ImageEngine):
     """Categorical decoder over the K levels; IWAE estimate with K importance samples."""
 
     family = "vae"
@@ -33,6 +33,7 @@ class VAEEngine(Engine):
         labels: np.ndarray | None,
         rng: np.random.Generator,
         temperature: float = 1.0,
+        context: np.ndarray | None = None,
     ) -> IntImages:
         """z ~ N(0, T²I), then one inverse-CDF draw per pixel from p(x | z)."""
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
@@ -44,7 +45,12 @@ class VAEEngine(Engine):
         return f"importance-weighted bound (IWAE), K={samples}"
 
     async def conditional_log_likelihood(
-        self, x: IntImages, labels: np.ndarray | None, samples: int, seed: int
+        self,
+        x: IntImages,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        context: np.ndarray | None = None,
     ) -> NDArray[np.float64]:
         """log (1/K) Σ_k p(x, z_k) / q(z_k | x); the K noise draws are shared by all rows."""
         eps = noise_rng(seed).standard_normal((samples, self.latent_dim), dtype=np.float32)
@@ -67,6 +73,7 @@ class VAEEngine(Engine):
         mask: np.ndarray | None,
         rng: np.random.Generator,
         particles: int | None = None,
+        context: np.ndarray | None = None,
     ) -> Reconstruction:
         """decode(encode(x)) at the posterior mean: the most probable level per pixel."""
         self.check_mask_unsupported(mask)

@@ -23,7 +23,47 @@ class FamilyConfig(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
-class GenerativeModel(nn.Module, ABC):
+class Trainable(nn.Module):
+    """What the training driver (training.train.fit) needs of a model, whatever its data:
+    optimisers, one optimisation step on a batch, and the data transforms it can take."""
+
+    family: ClassVar[str]
+    grad_clip: float = 100.0
+
+    @property
+    def transform_count(self) -> int:
+        """How many data transforms the model can be conditioned on (0: no augmentation)."""
+        return 0
+
+    def training_loss(
+        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
+    ) -> tuple[Tensor, dict[str, float]]:
+        """Scalar loss on a batch (under transform `aug`), and metrics."""
+        raise NotImplementedError(f"{self.family} trains through its own train_step")
+
+    def train_step(
+        self,
+        x: Tensor,
+        y: Tensor | None,
+        optimizers: list[torch.optim.Optimizer],
+        step: int,
+        aug: Tensor | None = None,
+    ) -> dict[str, float]:
+        """One optimisation step; families with several players override this."""
+        (opt,) = optimizers
+        opt.zero_grad(set_to_none=True)
+        loss, metrics = self.training_loss(x, y) if aug is None else self.training_loss(x, y, aug)
+        loss.backward()  # type: ignore[no-untyped-call]
+        nn.utils.clip_grad_norm_(self.parameters(), max_norm=self.grad_clip)
+        opt.step()
+        return metrics
+
+    def make_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
+        """The optimisers `train_step` expects."""
+        return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)]
+
+
+class GenerativeModel(Trainable, ABC):
     """A generative model over integer-level images [B, C, H, W], optionally class-conditional.
 
     Subclasses set `family` and `has_likelihood` and implement the objective; likelihood
@@ -85,35 +125,6 @@ class GenerativeModel(nn.Module, ABC):
             t = torch.zeros(batch, dtype=torch.long, device=device) if aug is None else aug
             parts.append(F.one_hot(t, n_aug).to(next(self.parameters()).dtype))
         return torch.cat(parts, dim=1) if parts else None
-
-    def training_loss(
-        self, x: Tensor, y: Tensor | None, aug: Tensor | None = None
-    ) -> tuple[Tensor, dict[str, float]]:
-        """Scalar loss on a batch of integer images (under transform `aug`), and metrics."""
-        raise NotImplementedError(f"{self.family} trains through its own train_step")
-
-    def train_step(
-        self,
-        x: Tensor,
-        y: Tensor | None,
-        optimizers: list[torch.optim.Optimizer],
-        step: int,
-        aug: Tensor | None = None,
-    ) -> dict[str, float]:
-        """One optimisation step; families with several players override this."""
-        (opt,) = optimizers
-        opt.zero_grad(set_to_none=True)
-        loss, metrics = self.training_loss(x, y) if aug is None else self.training_loss(x, y, aug)
-        loss.backward()  # type: ignore[no-untyped-call]
-        nn.utils.clip_grad_norm_(self.parameters(), max_norm=self.grad_clip)
-        opt.step()
-        return metrics
-
-    grad_clip: float = 100.0
-
-    def make_optimizers(self, lr: float, weight_decay: float) -> list[torch.optim.Optimizer]:
-        """The optimisers `train_step` expects."""
-        return [torch.optim.Adam(self.parameters(), lr=lr, weight_decay=weight_decay)]
 
     def log_likelihood(self, x: Tensor, y: Tensor | None, samples: int = 1) -> Tensor:
         """log P(x | y) in nats per example [B] (or the family's estimate of it)."""
