@@ -30,7 +30,7 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n 2 --dist loadgroup
 
 test-quality: $(VENV)/.installed-dev  ## label control and Bayes-rule accuracy of the flow and PixelCNN too (~10 min)
 	$(BIN)/pytest -q -m quality tests/service/test_api_quality.py

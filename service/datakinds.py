@@ -209,7 +209,7 @@ class Vectors(DataKind):
                 [field],
                 f"model {model} is conditioned on {', '.join(names)}: give one row for all, or one per row",
             )
-        c = self._matrix(arr, len(names), names, field, max(rows, 1))
+        c = self._matrix(arr, len(names), names, field, max_rows=len(arr) or 1)
         if len(c) == 1:
             return np.repeat(c, rows, axis=0)
         if len(c) != rows:

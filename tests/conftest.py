@@ -7,6 +7,19 @@ from typing import Any
 
 import pytest
 
+# Session stores are built once per xdist worker: every test that uses one runs on the
+# same worker (`make unit` runs `pytest -n 2 --dist loadgroup`), so each is built once.
+SESSION_STORES = ("tiny_store", "vector_store", "quality_store")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Group each test with the session store it uses (first one listed wins)."""
+    for item in items:
+        used = [s for s in SESSION_STORES if s in getattr(item, "fixturenames", ())]
+        if used:
+            item.add_marker(pytest.mark.xdist_group(used[0]))
+
+
 TINY_ZOO: dict[str, dict[str, Any]] = {
     "flow": {"levels": 2, "steps_per_level": 2, "hidden": 16},
     "vae": {"latent": 4, "channels": 8, "hidden": 32},
@@ -45,4 +58,25 @@ def tiny_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
         # one-process build makes the same models.
         workers=2,
     )
+    return root
+
+
+# Tiny vector models: one transform, narrow, two epochs (only the plumbing is under test).
+TINY_VECTOR_FLOW: dict[str, Any] = {"transforms": 1, "hidden": 16, "layers": 1}
+TINY_VECTOR_TRAINING: dict[str, Any] = {"max_epochs": 2}
+
+
+@pytest.fixture(scope="session")
+def vector_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A store with an NPE posterior (two moons, 400 simulations) and a class-conditional
+    tabular flow (wine), both tiny, built by the real pipeline (export, parity, calibration)."""
+    from training.vectors.pipeline import VectorRecipe
+    from training.vectors.publish import build_vector_model
+
+    root = tmp_path_factory.mktemp("vector-store")
+    for recipe in (
+        VectorRecipe("sbi:two_moons", simulations=400, config=TINY_VECTOR_FLOW, train=TINY_VECTOR_TRAINING),
+        VectorRecipe("tabular:wine", config=TINY_VECTOR_FLOW, train=TINY_VECTOR_TRAINING),
+    ):
+        build_vector_model(root, recipe, progress=False)
     return root

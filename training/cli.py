@@ -51,6 +51,18 @@ MaxMinutesOption = Annotated[
 ]
 
 
+def _store_root(store: Path | None) -> Path:
+    from service.config import load_settings
+
+    return store or load_settings().model_store
+
+
+StoreOption = Annotated[
+    Path | None,
+    typer.Option("--store", help="Model store root (default: $GENSERVE_MODEL_STORE or model_store)."),
+]
+
+
 def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, seed: int) -> Path:
     """Where `train` puts a run by default: checkpoints/<family>-<dataset>[-uncond]-s<seed>."""
     name = Path(dataset).stem if dataset.endswith(".npz") else dataset
@@ -59,8 +71,15 @@ def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, se
 
 @app.command()
 def train(
-    family: Annotated[str, typer.Option(help="flow | vae | gan | pixelcnn")],
-    dataset: Annotated[str, typer.Option(help="digits | mnist5k | path/to/data.npz")] = "digits",
+    family: Annotated[str | None, typer.Option(help="flow | vae | gan | pixelcnn (vectors: flow)")] = None,
+    dataset: Annotated[
+        str,
+        typer.Option(
+            help="Images: digits | mnist5k | path/to/images.npz. Vectors: sbi:<task> (two_moons, slcp, "
+            "gaussian_linear, gaussian_mixture) | tabular:<name> (breast_cancer, wine, iris, diabetes) | "
+            "path/to/vectors.csv | path/to/vectors.npz (x of shape [N, D])"
+        ),
+    ] = "digits",
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option(help="Seed for the split, initialisation and noise.")] = 0,
     max_minutes: MaxMinutesOption = None,
@@ -76,15 +95,53 @@ def train(
         Path, typer.Option(help="Root for default checkpoint paths.")
     ] = DEFAULT_CHECKPOINTS,
     device: Annotated[str, typer.Option(help="auto | cpu | cuda")] = "auto",
+    method: Annotated[
+        str, typer.Option(help="SBI: npe (posterior p(θ|x)) | nle (likelihood p(x|θ))")
+    ] = "npe",
+    simulations: Annotated[int, typer.Option(min=20, help="SBI: the simulation budget.")] = 10_000,
+    inliers: Annotated[
+        str | None, typer.Option(help="Tabular: keep only this class (outlier models).")
+    ] = None,
+    features: Annotated[str | None, typer.Option(help=".csv: feature columns, comma-separated.")] = None,
+    context: Annotated[str | None, typer.Option(help=".csv: context columns, comma-separated.")] = None,
+    label_column: Annotated[str | None, typer.Option(help=".csv: the label column.")] = None,
+    store: StoreOption = None,
+    name: Annotated[str | None, typer.Option(help="Vectors: store name (default from the data).")] = None,
 ) -> None:
-    """Train one model and write its checkpoint (state dict + JSON config)."""
+    """Train one model. Images: write its checkpoint (state dict + JSON config), published by
+    `genserve export`. Vectors: train, export, evaluate and publish it into the store."""
     from .train import train_run
+    from .vectors.pipeline import is_vector_data
 
     train_overrides = parse_overrides(train_set)
     if max_minutes is not None:
         train_overrides["max_minutes"] = max_minutes
     if epochs is not None:
         train_overrides["max_epochs"] = epochs
+    if is_vector_data(dataset):
+        from .vectors.pipeline import VectorRecipe
+        from .vectors.publish import build_vector_model
+
+        if family not in (None, "flow"):
+            raise typer.BadParameter("vector data is modelled by flows", param_hint="--family")
+        recipe = VectorRecipe(
+            dataset,
+            method,
+            simulations,
+            inliers,
+            tuple(features.split(",")) if features else None,
+            tuple(context.split(",")) if context else None,
+            label_column,
+            parse_overrides(set_),
+            train_overrides,
+        )
+        outcome = build_vector_model(
+            _store_root(store), recipe, seed, console, conditional=conditional, name=name
+        )
+        console.print(f"{outcome.action}: {outcome.name} v{outcome.version} ({outcome.seconds:.0f}s)")
+        return
+    if family is None:
+        raise typer.BadParameter("name a family for image data", param_hint="--family")
     target = out or checkpoint_path(checkpoints, family, dataset, conditional, seed)
     if target.exists() and not target.is_dir():  # found now, not after minutes of training
         raise typer.BadParameter(f"{target} is a file, not a folder", param_hint="--out")
@@ -153,18 +210,6 @@ def evaluate(
     console.print(f"report written to {report}")
 
 
-def _store_root(store: Path | None) -> Path:
-    from service.config import load_settings
-
-    return store or load_settings().model_store
-
-
-StoreOption = Annotated[
-    Path | None,
-    typer.Option("--store", help="Model store root (default: $GENSERVE_MODEL_STORE or model_store)."),
-]
-
-
 @app.command("ood-eval")
 def ood_eval(
     store: StoreOption = None,
@@ -206,6 +251,36 @@ def ood_eval(
     console.print(f"report written to {report}")
 
 
+@app.command("sbi-eval")
+def sbi_eval_cmd(
+    store: StoreOption = None,
+    observations: Annotated[int, typer.Option(min=1, max=10, help="Benchmark observations per task.")] = 10,
+    model: Annotated[list[str] | None, typer.Option(help="Only these NPE models (default: all).")] = None,
+    report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/sbi-eval.json"),
+    markdown: Annotated[Path | None, typer.Option(help="Also write the table as markdown.")] = None,
+    draws: Annotated[
+        int, typer.Option(min=100, help="Posterior and reference draws (sbibm: 10,000).")
+    ] = 10_000,
+) -> None:
+    """C2ST of every NPE posterior in the store against reference posteriors, as sbibm computes it."""
+    from .vectors.sbi_eval import markdown as to_markdown
+    from .vectors.sbi_eval import sbi_eval
+
+    results = sbi_eval(_store_root(store), observations, model, say=console.print, draws=draws)
+    if not results:
+        raise typer.BadParameter(
+            "no NPE models in the store (genserve build-store --suite sbi)", param_hint="--store"
+        )
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.write_text(json.dumps(results, indent=2))
+    table = to_markdown(results)
+    if markdown is not None:
+        markdown.parent.mkdir(parents=True, exist_ok=True)
+        markdown.write_text(table + "\n")
+    console.print(table, markup=False, highlight=False)
+    console.print(f"report written to {report}")
+
+
 @app.command("build-store")
 def build_store_cmd(
     store: StoreOption = None,
@@ -222,11 +297,21 @@ def build_store_cmd(
         typer.Option(min=1, help="Models built at once, one single-threaded process each (default: cores)."),
     ] = None,
     max_minutes: MaxMinutesOption = None,
+    suite: Annotated[
+        str,
+        typer.Option(
+            help="digits: the four image families (on --dataset); sbi: NPE posteriors of sbibm's "
+            "two_moons, slcp, gaussian_linear, gaussian_mixture at 10,000 simulations; tabular: "
+            "an outlier model of breast_cancer's benign records."
+        ),
+    ] = "digits",
 ) -> None:
-    """Train (or reuse), evaluate, export and publish the default zoo; does nothing if up to date."""
+    """Train (or reuse), evaluate, export and publish a zoo; does nothing if up to date."""
     import time
 
     from rich.table import Table
+
+    from service.resources import available_cores
 
     from .build import DEFAULT_FAMILIES, build_store
 
@@ -234,18 +319,27 @@ def build_store_cmd(
     root = _store_root(store)
     families = tuple(family or DEFAULT_FAMILIES)
     limit = {} if max_minutes is None else {"max_minutes": max_minutes}
-    outcomes = build_store(
-        root,
-        checkpoints,
-        dataset,
-        families,
-        conditional,
-        seed,
-        console=console,
-        force=force,
-        workers=workers,
-        train_overrides=dict.fromkeys(families, limit),
-    )
+    if suite != "digits":
+        from .vectors.suites import SUITES, build_suite
+
+        if suite not in SUITES:
+            raise typer.BadParameter(f"choose from digits, {', '.join(SUITES)}", param_hint="--suite")
+        outcomes = build_suite(
+            root, suite, seed, workers or available_cores(), force=force, train_overrides=limit
+        )
+    else:
+        outcomes = build_store(
+            root,
+            checkpoints,
+            dataset,
+            families,
+            conditional,
+            seed,
+            console=console,
+            force=force,
+            workers=workers,
+            train_overrides=dict.fromkeys(families, limit),
+        )
     table = Table(title=f"model store {root}")
     for col in ("model", "version", "action", "trained", "seconds"):
         table.add_column(col)

@@ -657,7 +657,15 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
         "model", "version", "timeout", "labels", "importance_samples", "seed", "alpha",
         "outlier_method", "all_outlier_methods", "fdr", "context",
     }  # fmt: skip
-    assert documented["/reconstruct"] == {"model", "version", "timeout", "labels", "context", "seed", "format"}
+    assert documented["/reconstruct"] == {
+        "model",
+        "version",
+        "timeout",
+        "labels",
+        "context",
+        "seed",
+        "format",
+    }
     version = client.get("/models/vae-digits").json()["version"]
     every = {
         "model": "vae-digits", "version": version, "timeout": 30, "labels": "1", "importance_samples": 4,

@@ -31,7 +31,7 @@ if TYPE_CHECKING:
 Float = NDArray[np.float64]
 PARTICLES = 20_000
 MOVES_PER_STEP = 8
-FINAL_SWEEPS = 40
+FINAL_SWEEPS = 200
 
 
 def _log_target(task: SLCP, theta: Float, x: Float, beta: float) -> tuple[Float, Float]:

@@ -161,17 +161,20 @@ class TwoMoons(SBITask):
     def simulate(self, theta: Float, rng: np.random.Generator) -> Float:
         return self._noise(len(theta), rng) + self._shift(theta)
 
-    def log_likelihood(self, theta: Float, x: Float) -> Float:
-        """The density of p = x - shift(θ): polar coordinates around (0.25, 0), with a
-        uniform angle on (-π/2, π/2) and a normal radius (Jacobian 1/r). sbibm's own
+    def noise_log_density(self, p: Float) -> Float:
+        """log density of the simulator's noise p [n, 2]: polar coordinates around (0.25, 0),
+        a uniform angle on (-π/2, π/2) and a normal radius (Jacobian 1/r). sbibm's own
         `_likelihood` drops the 1/r and 1/π; this is the normalised density."""
-        p = x[None, :] - self._shift(theta)
         u, v = p[:, 0] - self.BASE_OFFSET, p[:, 1]
         r = np.hypot(u, v)
         with np.errstate(divide="ignore"):
             lr = -0.5 * ((r - self.R_LOC) / self.R_SCALE) ** 2 - 0.5 * math.log(2 * math.pi * self.R_SCALE**2)
             out = lr - math.log(math.pi) - np.log(r)
         return np.where(u > 0.0, out, -np.inf)
+
+    def log_likelihood(self, theta: Float, x: Float) -> Float:
+        """log p(x | θ) = log p_noise(x - shift(θ)) (the shift moves p, no Jacobian)."""
+        return self.noise_log_density(x[None, :] - self._shift(theta))
 
     def reference_posterior(self, x: Float, n: int, seed: int) -> Float:
         """Exact: sbibm's closed form. Draw the simulator's noise p, solve x = p + shift(θ)

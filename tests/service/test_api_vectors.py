@@ -1,0 +1,147 @@
+"""The API on vector models: the same routes, raw units in and out, a context beside labels."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from service.config import Settings
+from tests.service.asgi import Client
+from tests.service.test_api import assert_problem
+
+NPE = "npe-two-moons"
+TAB = "flow-wine"
+X_O = [0.3, 0.55]
+
+
+@pytest.fixture(scope="module")
+def client(vector_store: Path) -> Iterator[Client]:
+    c = Client(Settings(model_store=vector_store))
+    yield c
+    c.close()
+
+
+def test_models_describe_features_context_support_and_budget(client: Client) -> None:
+    d = client.get(f"/models/{NPE}").json()
+    data = d["data"]
+    assert data["kind"] == "vectors" and data["features"] == ["theta_1", "theta_2"]
+    assert data["context"] == ["x_1", "x_2"] and data["support"] == ["[-1, 1]", "[-1, 1]"]
+    assert data["simulation"]["task"] == "two_moons" and data["simulation"]["simulations"] == 400
+    assert d["capabilities"] == ["sample", "log-likelihood", "reconstruct"]
+    assert "test_log_likelihood" in d["evaluation"] and d["evaluation"]["baselines"]
+    tab = client.get(f"/models/{TAB}").json()
+    assert (
+        tab["data"]["context"] is None
+        and tab["conditional"]
+        and tab["labels"] == ["class_0", "class_1", "class_2"]
+    )
+
+
+def test_posterior_samples_for_an_observation_stay_in_the_prior_and_repeat_by_seed(client: Client) -> None:
+    body = {"model": NPE, "n": 500, "context": X_O, "seed": 3}
+    r = client.post("/sample", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    samples = np.asarray(out["samples"])
+    assert (
+        samples.shape == (500, 2) and out["features"] == ["theta_1", "theta_2"] and out.get("levels") is None
+    )
+    assert (np.abs(samples) < 1.0).all()
+    assert client.post("/sample", json=body).json()["samples"] == out["samples"]
+    other = client.post("/sample", json={**body, "context": [0.1, -0.3]}).json()["samples"]
+    assert other != out["samples"]
+    # one context per sample: row i is drawn given context i, batching changes nothing
+    per_row = client.post("/sample", json={**body, "n": 2, "context": [X_O, [0.1, -0.3]]}).json()["samples"]
+    assert np.isfinite(per_row).all()
+    npy = client.post("/sample", json={**body, "format": "npy"})
+    arr = np.load(io.BytesIO(npy.content))
+    assert arr.dtype == np.float64 and np.array_equal(arr, samples)
+
+
+def test_log_likelihood_in_nats_given_the_context_json_and_npy(client: Client) -> None:
+    theta = [[0.1, 0.2], [-0.4, 0.4], [0.0, 0.0]]
+    r = client.post("/log-likelihood", json={"model": NPE, "inputs": theta, "context": X_O})
+    assert r.status_code == 200, r.text
+    out = r.json()
+    assert "θ | x" in out["density"] and out["estimator"].startswith("exact")
+    rows = out["results"]
+    assert all("bits_per_dim" not in row and np.isfinite(row["log_likelihood"]) for row in rows)
+    assert all(0 < row["outlier"]["p_value"] <= 1 for row in rows)
+    npy = client.post_npy(f"/log-likelihood?model={NPE}&context=0.3,0.55", np.asarray(theta))
+    assert npy.status_code == 200, npy.text
+    assert [a["log_likelihood"] for a in npy.json()["results"]] == [a["log_likelihood"] for a in rows]
+    per_row = client.post(
+        "/log-likelihood", json={"model": NPE, "inputs": theta, "context": [X_O] * 3}
+    ).json()
+    assert [a["log_likelihood"] for a in per_row["results"]] == [a["log_likelihood"] for a in rows]
+
+
+def test_the_served_posterior_density_integrates_to_one_over_the_prior(client: Client) -> None:
+    axis = np.linspace(-1, 1, 141)[:-1] + 1 / 140  # cell centres of a 140 x 140 grid over the support
+    grid = np.stack(np.meshgrid(axis, axis, indexing="ij"), -1).reshape(-1, 2)
+    r = client.post_npy(f"/log-likelihood?model={NPE}&context=0.3,0.55", grid)
+    assert r.status_code == 200, r.text
+    ll = np.array([row["log_likelihood"] for row in r.json()["results"]])
+    cell = (axis[1] - axis[0]) ** 2
+    assert abs(np.exp(ll).sum() * cell - 1.0) < 0.02
+
+
+def test_a_labelled_table_gives_a_class_posterior(client: Client) -> None:
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data[:4]
+    r = client.post("/log-likelihood", json={"model": TAB, "inputs": x.tolist()})
+    assert r.status_code == 200, r.text
+    row = r.json()["results"][0]
+    assert set(row["label_posterior"]) == {"class_0", "class_1", "class_2"}
+    assert abs(sum(row["label_posterior"].values()) - 1.0) < 1e-9
+    given = client.post("/log-likelihood", json={"model": TAB, "inputs": x.tolist(), "labels": "class_0"})
+    assert given.status_code == 200 and given.json()["marginal"] is False
+    s = client.post("/sample", json={"model": TAB, "n": 3, "labels": "class_1", "seed": 1}).json()
+    assert np.asarray(s["samples"]).shape == (3, 13) and s["label_names"] == ["class_1"] * 3
+
+
+def test_pictures_of_posterior_samples_and_reconstructions(client: Client) -> None:
+    r = client.post("/sample", json={"model": NPE, "n": 300, "context": X_O, "format": "png"})
+    assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(r.content)).size[0] >= 200
+    rec = client.post("/reconstruct", json={"model": NPE, "inputs": [[0.1, 0.2]], "context": X_O})
+    assert rec.status_code == 200, rec.text
+    np.testing.assert_allclose(rec.json()["outputs"]["reconstruction"], [[0.1, 0.2]], atol=1e-4)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "words"),
+    [
+        ({"model": NPE, "inputs": [[0.1, 0.2, 0.3]], "context": X_O}, "inputs", "expected shape [N, 2]"),
+        ({"model": NPE, "inputs": [[0.1, 0.2]]}, "context", "conditioned on x_1, x_2"),
+        ({"model": NPE, "inputs": [[0.1, 0.2]], "context": [0.3]}, "context", "expected shape"),
+        ({"model": NPE, "inputs": [[0.1, 0.2]], "context": [[0.3, 0.5]] * 2}, "context", "2 rows for 1"),
+        ({"model": NPE, "inputs": [[1.5, 0.2]], "context": X_O}, "inputs", "outside the model's support"),
+        ({"model": NPE, "inputs": [[1.0, 0.2]], "context": X_O}, "inputs", "ends excluded"),
+        ({"model": TAB, "inputs": [[0.0] * 13], "context": [1.0]}, "context", "takes no context"),
+        ({"model": NPE, "inputs": [[0.1, 0.2]], "context": ["0.3", "x"]}, "context", "numbers"),
+    ],
+)
+def test_bad_vector_input_is_a_4xx_naming_the_field(
+    client: Client, body: dict, field: str, words: str
+) -> None:
+    problem = assert_problem(client.post("/log-likelihood", json=body), 422, field)
+    assert words in problem["detail"] + str(problem.get("errors"))
+
+
+def test_non_finite_inputs_and_contexts_are_refused(client: Client) -> None:
+    bad = np.array([[0.1, np.nan]])
+    assert_problem(client.post_npy(f"/log-likelihood?model={NPE}&context=0.3,0.55", bad), 422, "inputs")
+    assert_problem(
+        client.post_npy(f"/log-likelihood?model={NPE}&context=0.3,inf", np.zeros((1, 2))), 422, "context"
+    )
+    assert_problem(client.post("/sample", json={"model": NPE, "n": 2}), 422, "context")
+    assert_problem(
+        client.post("/sample", json={"model": NPE, "n": 2, "context": [[0.1, 0.2]] * 3}), 422, "context"
+    )
