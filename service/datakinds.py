@@ -231,6 +231,13 @@ class Vectors(DataKind):
         }
         if s.simulation is not None:
             out["simulation"] = s.simulation.model_dump()
+        check = self.manifest.context_check
+        if check is not None:
+            out["context_check"] = {
+                "method": check.method,
+                "reference_contexts": len(check.scores),
+                "description": check.description,
+            }
         return out
 
     def density(self) -> str:

@@ -16,7 +16,10 @@ from numpy.typing import NDArray
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from .strict import StrictModel
-from .vector_spec import VectorSpec as VectorSpec  # re-exported: the contract in one import
+
+# Re-exported: the contract in one import.
+from .vector_spec import ContextCheck as ContextCheck
+from .vector_spec import VectorSpec as VectorSpec
 
 
 class DatasetSpec(StrictModel):
@@ -87,6 +90,8 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "gan": ("generate",),
     "pixelcnn": ("logits",),
 }
+# Graphs a version may add to its family's: a vector model's density of its context alone.
+OPTIONAL_GRAPHS: dict[str, tuple[str, ...]] = {"flow": ("context_log_prob",)}
 # The families each kind of data is modelled by (graphs keep the family's names).
 KIND_FAMILIES: dict[str, tuple[str, ...]] = {"images": FAMILY_NAMES, "vectors": ("flow",)}
 
@@ -281,6 +286,9 @@ class Manifest(StrictModel):
     sampling: SamplingRecord | None = Field(
         default=None, description="Default sampling temperature; None means 1.0 (older stores)."
     )
+    context_check: ContextCheck | None = Field(
+        default=None, description="Vector models with a context: the reference scores of its outlier check."
+    )
     split: SplitRecord
     training: TrainingRecord
     versions: dict[str, str] = Field(description="torch, onnx, onnxruntime, genserve, python.")
@@ -292,8 +300,15 @@ class Manifest(StrictModel):
         if self.family not in KIND_FAMILIES[self.dataset.kind]:
             raise ValueError(f"there are no {self.family} models of {self.dataset.kind}")
         expected = FAMILY_GRAPHS[self.family]
-        if sorted(names) != sorted(expected):
+        extra = [n for n in names if n not in expected]
+        if (
+            sorted(n for n in names if n in expected) != sorted(expected)
+            or len(set(names)) != len(names)
+            or any(n not in OPTIONAL_GRAPHS.get(self.family, ()) for n in extra)
+        ):
             raise ValueError(f"a {self.family} model has graphs {list(expected)}, got {names}")
+        if ("context_log_prob" in names) != (self.context_check is not None):
+            raise ValueError("a context_log_prob graph and a context_check record come together")
         listed = {f.path for f in self.files}
         for g in self.graphs:
             for fmt, path in g.files.items():

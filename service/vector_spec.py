@@ -78,6 +78,23 @@ class SimulationRecord(StrictModel):
     reference: str = Field(default="", description="Where the task's definition comes from.")
 
 
+class ContextCheck(StrictModel):
+    """Is a request's context one the training data could have produced? For an SBI
+    posterior: is the observation one the simulator can produce (misspecification)?
+
+    A flow on the training contexts alone (the simulator's marginal p(x) for NPE), exported
+    as the graph `context_log_prob`, scores a context by its negative log-density; the
+    p-value ranks that score among those of held-out contexts (conformal, exact for
+    contexts from the same distribution)."""
+
+    method: Literal["nll"] = "nll"
+    description: str = Field(description="Where the reference contexts came from.")
+    scores: list[float] = Field(
+        min_length=1, description="Negative log-density (nats) of each reference context."
+    )
+    training_epochs: int = Field(ge=0, description="Epochs the context flow trained for.")
+
+
 class VectorSpec(StrictModel):
     """Real vectors [N, D] in the client's units, optionally with labels and a context [N, C]."""
 

@@ -145,7 +145,8 @@ async def sample(request: Request) -> Response:
         raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
     check_output_size(req.n, kind.values_per_row, settings.max_output_values, "n")
     labels = resolve_labels(req.labels, req.n, spec, engine.conditional, model.name)
-    context = kind.check_context(_optional_array(req.context, "context"), req.n, model.name)
+    sent = _optional_array(req.context, "context")
+    context = kind.check_context(sent, req.n, model.name)
     seed = req.seed if req.seed is not None else secrets.randbits(63)
     temperature = req.temperature if req.temperature is not None else model.manifest.default_temperature
     rng = noise_rng(seed)
@@ -155,15 +156,21 @@ async def sample(request: Request) -> Response:
         prior = np.exp(engine.log_prior) if engine.log_prior is not None else None
         labels = rng.choice(spec.num_classes, size=req.n, p=prior).astype(np.int64)
     stages.done(model.name, model.version.version, "parse")
-    samples = await guarded(
-        request,
-        engine.sample(req.n, labels, rng, temperature, context),
-        _timeout(request, req),
-        lifecycle=request.app.state.lifecycle,
+
+    async def draw() -> tuple[np.ndarray, list[dict[str, Any]] | None]:
+        drawn = await engine.sample(req.n, labels, rng, temperature, context)
+        checked = None
+        if context is not None and sent is not None and engine.checks_context:
+            rows = context[:1] if sent.ndim == 1 or len(sent) == 1 else context  # one verdict per row sent
+            checked = await engine.context_outliers(rows, req.alpha)
+        return drawn, checked
+
+    samples, context_check = await guarded(
+        request, draw(), _timeout(request, req), lifecycle=request.app.state.lifecycle
     )
     stages.done(model.name, model.version.version, "compute")
     request.app.state.metrics.samples.labels(model.name).inc(req.n)
-    response = _sample_response(model, req.format, samples, labels, seed, temperature)
+    response = _sample_response(model, req.format, samples, labels, seed, temperature, context_check)
     stages.done(model.name, model.version.version, "serialize")
     return response
 
@@ -175,10 +182,14 @@ def _sample_response(
     labels: np.ndarray | None,
     seed: int,
     temperature: float,
+    context_check: list[dict[str, Any]] | None = None,
 ) -> Response:
-    """Samples as .npy, a labelled PNG grid, or JSON in data units, with the seed in a header."""
+    """Samples as .npy, a labelled PNG grid, or JSON in data units, with the seed in a header
+    (and, for a context check, the smallest context p-value in X-Genserve-Context-P-Value)."""
     spec, kind = model.manifest.dataset, model.kind
     headers = {"X-Genserve-Seed": str(seed), "X-Genserve-Model": f"{model.name}/{model.version.version}"}
+    if context_check:
+        headers["X-Genserve-Context-P-Value"] = repr(min(c["p_value"] for c in context_check))
     if fmt == "npy":
         return Response(_npy_bytes(samples.astype(kind.sample_dtype)), media_type=NPY, headers=headers)
     names = spec.label_names
@@ -196,6 +207,7 @@ def _sample_response(
             **kind.sample_fields(),
             "labels": None if labels is None else labels.tolist(),
             "label_names": None if labels is None or not names else [names[i] for i in labels],
+            "context_check": context_check,
             "samples": samples,
         },
         headers,
@@ -270,6 +282,9 @@ async def log_likelihood(request: Request) -> Response:
             req.seed,
             context,
         )
+        if context is not None and engine.checks_context:
+            for row, verdict in zip(outliers, await engine.context_outliers(context, req.alpha), strict=True):
+                row["context_outlier"] = verdict
         return ll, outliers
 
     ll, outliers = await guarded(

@@ -54,7 +54,24 @@ class SampleRequest(RequestModel):
         description="Vector models with a context (e.g. an SBI posterior's observation x): one row "
         "[C] for all samples, or one per sample [n, C], in the context's units.",
     )
+    alpha: float = Field(
+        default=0.05, gt=0.0, lt=1.0, description="Significance level of the context check (vector models)."
+    )
     format: Literal["json", "png", "npy"] = "json"
+
+
+class ContextCheckResult(BaseModel):
+    """Whether a context row is one the model's training data could have produced."""
+
+    method: str
+    score: float = Field(
+        description="Negative log-density of the context under the training contexts (nats)."
+    )
+    p_value: float = Field(description="Conformal p-value against held-out contexts.")
+    is_outlier: bool = Field(
+        description="p_value <= alpha: the model answers a question its data never asked."
+    )
+    alpha: float
 
 
 class SampleResponse(BaseModel):
@@ -70,6 +87,11 @@ class SampleResponse(BaseModel):
     features: list[str] | None = Field(default=None, description="Vectors: the feature names.")
     labels: list[int] | None
     label_names: list[str] | None
+    context_check: list[ContextCheckResult] | None = Field(
+        default=None,
+        description="Vector models with a context check: one verdict per context row sent (e.g. is "
+        "the observation one the simulator can produce?).",
+    )
     samples: list[Any] = Field(
         description="Images: nested lists [n, C, H, W] of integers 0..K-1; vectors: [n, D] values."
     )
@@ -129,6 +151,9 @@ class LikelihoodRow(BaseModel):
     predicted_label: str | None = None
     outlier: OutlierResult | None = None
     outliers: list[OutlierResult] | None = None
+    context_outlier: ContextCheckResult | None = Field(
+        default=None, description="Vector models with a context check: the verdict on this row's context."
+    )
 
 
 class LogLikelihoodResponse(BaseModel):

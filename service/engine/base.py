@@ -229,6 +229,12 @@ class Engine:
         self.ensure_can_reconstruct()
         raise NotImplementedError
 
+    checks_context: bool = False  # True: context_outliers says whether a context is unusual
+
+    async def context_outliers(self, context: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+        """Per context row: is it one the training data could have produced (score, p-value)?"""
+        raise UnsupportedOperationError(f"{self.family} models have no context check")
+
     def ensure_can_score(self) -> None:
         """422 for families without a tractable likelihood."""
         if not self.can_score:

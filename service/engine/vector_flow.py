@@ -9,11 +9,13 @@ likelihood's parameters θ) the flow is a conditional density: p(features | cont
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..manifest import Manifest, VectorSpec
+from ..outliers import conformal_p_values
 from ..vector_transform import FeatureMap
 from .base import Arrays, Engine, GraphCaller, Reconstruction
 
@@ -73,6 +75,36 @@ class VectorFlowEngine(Engine):
         feeds = self.vector_feeds({"x": s.astype(np.float32)}, labels, context)
         lp = (await self.call_rows("log_prob", feeds))["log_prob"]
         return lp.astype(np.float64) + log_det
+
+    @property
+    def checks_context(self) -> bool:  # type: ignore[override]
+        """Whether this model can say if a context is one its training data could produce."""
+        return self.manifest.context_check is not None and self.context_map is not None
+
+    async def context_nll(self, context: np.ndarray) -> NDArray[np.float64]:
+        """-log p(context) per row [N] (nats, raw units) under the flow of training contexts."""
+        assert self.context_map is not None, "a model without a context has no context flow"
+        c, log_det = self.context_map.to_standard(context.astype(np.float64))
+        lp = (await self.call_rows("context_log_prob", {"c": c.astype(np.float32)}))["log_prob"]
+        return -(lp.astype(np.float64) + log_det)
+
+    async def context_outliers(self, context: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+        """Per context row [N, C]: its negative log-density under the training contexts' flow
+        (nats, raw units), the conformal p-value against held-out contexts, and the verdict."""
+        check = self.manifest.context_check
+        assert check is not None, "checks_context says when there is a check"
+        nll = await self.context_nll(context)
+        p = conformal_p_values(np.asarray(check.scores), nll)
+        return [
+            {
+                "method": check.method,
+                "score": float(s),
+                "p_value": float(q),
+                "is_outlier": bool(q <= alpha),
+                "alpha": alpha,
+            }
+            for s, q in zip(nll, p, strict=True)
+        ]
 
     async def reconstruct(
         self,

@@ -31,6 +31,7 @@ def test_models_describe_features_context_support_and_budget(client: Client) -> 
     data = d["data"]
     assert data["kind"] == "vectors" and data["features"] == ["theta_1", "theta_2"]
     assert data["context"] == ["x_1", "x_2"] and data["support"] == ["[-1, 1]", "[-1, 1]"]
+    assert data["context_check"]["reference_contexts"] == 1000 and data["context_check"]["method"] == "nll"
     assert data["simulation"]["task"] == "two_moons" and data["simulation"]["simulations"] == 400
     assert d["capabilities"] == ["sample", "log-likelihood", "reconstruct"]
     assert "test_log_likelihood" in d["evaluation"] and d["evaluation"]["baselines"]
@@ -56,11 +57,30 @@ def test_posterior_samples_for_an_observation_stay_in_the_prior_and_repeat_by_se
     other = client.post("/sample", json={**body, "context": [0.1, -0.3]}).json()["samples"]
     assert other != out["samples"]
     # one context per sample: row i is drawn given context i, batching changes nothing
-    per_row = client.post("/sample", json={**body, "n": 2, "context": [X_O, [0.1, -0.3]]}).json()["samples"]
-    assert np.isfinite(per_row).all()
+    per_row = client.post("/sample", json={**body, "n": 2, "context": [X_O, [0.1, -0.3]]}).json()
+    assert np.isfinite(per_row["samples"]).all() and len(per_row["context_check"]) == 2
     npy = client.post("/sample", json={**body, "format": "npy"})
     arr = np.load(io.BytesIO(npy.content))
     assert arr.dtype == np.float64 and np.array_equal(arr, samples)
+
+
+def test_the_context_check_says_when_an_observation_is_one_the_simulator_cannot_produce(
+    client: Client,
+) -> None:
+    usual = client.post("/sample", json={"model": NPE, "n": 10, "context": X_O, "seed": 1})
+    (verdict,) = usual.json()["context_check"]
+    assert 0 < verdict["p_value"] <= 1 and verdict["alpha"] == 0.05
+    assert float(usual.headers["X-Genserve-Context-P-Value"]) == verdict["p_value"]
+    odd = client.post("/sample", json={"model": NPE, "n": 10, "context": [40.0, -40.0], "alpha": 0.01}).json()
+    (flagged,) = odd["context_check"]
+    assert flagged["is_outlier"] and flagged["p_value"] == 1 / 1001 and flagged["alpha"] == 0.01
+    rows = client.post(
+        "/log-likelihood", json={"model": NPE, "inputs": [[0.1, 0.2]] * 2, "context": [X_O, [40.0, -40.0]]}
+    ).json()["results"]
+    assert not rows[0]["context_outlier"]["is_outlier"] or rows[0]["context_outlier"]["p_value"] > 1 / 1001
+    assert rows[1]["context_outlier"]["is_outlier"]
+    tab = client.post("/sample", json={"model": TAB, "n": 2, "labels": 0}).json()
+    assert tab["context_check"] is None
 
 
 def test_log_likelihood_in_nats_given_the_context_json_and_npy(client: Client) -> None:

@@ -50,8 +50,12 @@ class VectorFlowModel(Trainable):
     family: ClassVar[str] = "flow"
     grad_clip = 5.0  # sbi's
 
-    def __init__(self, spec: VectorSpec, conditional: bool, config: VectorFlowConfig) -> None:
+    def __init__(
+        self, spec: VectorSpec, conditional: bool, config: VectorFlowConfig, role: str = "model"
+    ) -> None:
         super().__init__()
+        # "context": the density of a model's contexts alone, exported as `context_log_prob`.
+        self.role = role
         self.spec = spec
         self.config = config
         self.conditional = conditional
@@ -114,8 +118,22 @@ class VectorFlowModel(Trainable):
         return nll, {"nll": float(nll.detach())}
 
     def graph_defs(self) -> list[GraphDef]:
-        """log_prob(x, [y], [c]), forward(x, [y], [c]), inverse(z, [y], [c])."""
+        """log_prob(x, [y], [c]), forward(x, [y], [c]), inverse(z, [y], [c]); for a context
+        flow, context_log_prob(c) alone."""
         D, C = self.dims, self.context_dims
+        if self.role == "context":
+            return [
+                GraphDef(
+                    "context_log_prob",
+                    "log density of a standardised context c under the training contexts (nats; the "
+                    "service adds the standardisation's log-det)",
+                    wrap(self, lambda m, c: m.log_prob(c), 1),
+                    [TensorSpec(name="c", dtype="float32", shape=["batch", D])],
+                    [TensorSpec(name="log_prob", dtype="float32", shape=["batch"])],
+                    ("log_prob",),
+                    optimize=False,
+                )
+            ]
         extra: list[TensorSpec] = []
         if self.num_classes:
             extra.append(TensorSpec(name="y", dtype="int64", shape=["batch"]))

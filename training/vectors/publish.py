@@ -20,7 +20,8 @@ from numpy.typing import NDArray
 from rich.console import Console
 
 from service.engine import Engine, build_engine, inline_caller
-from service.manifest import SCHEMA_VERSION, CalibrationRecord, Manifest
+from service.engine.vector_flow import VectorFlowEngine
+from service.manifest import SCHEMA_VERSION, CalibrationRecord, ContextCheck, Manifest
 from service.outliers import Evidence, available_methods, calibration_scores, method_stats
 from service.runtime import open_backend
 from service.store import ModelStore, ModelVersion
@@ -31,7 +32,7 @@ from ..checkpoint import run_key
 from ..export import export_graphs
 from ..runtime import configure_threads
 from . import baselines
-from .pipeline import VectorRecipe, VectorTrainResult, standardise, train_vectors, training_key
+from .pipeline import CONTEXT_FLOW, VectorRecipe, VectorTrainResult, standardise, train_vectors, training_key
 
 Float = NDArray[np.float64]
 NOISE_SEED = 0  # densities are exact: the seed is recorded for the contract, never used
@@ -145,6 +146,10 @@ def publish_vectors(
     with store.staging(name) as stage:
         step("exporting graphs (ONNX + TorchScript) and checking parity")
         graphs, gaps = export_graphs(model, stage.path, s_test, y_test, c_test)
+        if result.context_model is not None:
+            assert c_test is not None
+            more, more_gaps = export_graphs(result.context_model, stage.path, c_test, None, c_test)
+            graphs, gaps = [*graphs, *more], {**gaps, **more_gaps}
         fields: dict[str, Any] = {
             "schema_version": SCHEMA_VERSION,
             "family": model.family,
@@ -191,6 +196,9 @@ def publish_vectors(
             "versions": _versions(),
             "build_key": build_key,
         }
+        # The context check's scores are computed through the exported graph: a placeholder
+        # until then (the manifest wants the graph and its record together).
+        placeholder = {"description": "", "scores": [0.0], "training_epochs": 0}
         provisional = Manifest.model_validate(
             {
                 **fields,
@@ -198,6 +206,7 @@ def publish_vectors(
                 "version": 1,
                 "calibration": None,
                 "files": [e.model_dump() for e in stage.file_entries()],
+                "context_check": placeholder if result.context_model is not None else None,
             }
         )
         backend = open_backend(provisional.graphs, stage.path, "onnxruntime", "cpu", torch.get_num_threads())
@@ -206,6 +215,18 @@ def publish_vectors(
         fields["evaluation"] = asyncio.run(evaluate_vectors(engine, result, test, val))
         step("calibrating outlier scores")
         fields["calibration"] = asyncio.run(vector_calibration(engine, val, cal)).model_dump()
+        if result.context_model is not None:
+            assert isinstance(engine, VectorFlowEngine)
+            assert cal.c is not None
+            where = (
+                "fresh simulations outside the training budget" if recipe.is_sbi else "the calibration split"
+            )
+            fields["context_check"] = ContextCheck(
+                description=f"contexts of {len(cal)} held-out rows ({where}), scored by a "
+                f"{CONTEXT_FLOW.transform} flow trained on the training contexts",
+                scores=asyncio.run(engine.context_nll(cal.c)).tolist(),
+                training_epochs=int((result.context_record or {}).get("epochs", 0)),
+            ).model_dump()
         backend.close()
         return stage.commit(fields)
 
