@@ -48,15 +48,28 @@ class Interval(StrictModel):
 
 
 class Scaling(StrictModel):
-    """Per-feature affine standardisation: standard = (unconstrained - shift) / scale."""
+    """Affine standardisation: z = (unconstrained - shift) / scale per feature, then
+    standard = whitening @ z when a whitening matrix is given (the inverse Cholesky factor
+    of z's correlation: lower-triangular, so its log-determinant is its diagonal's)."""
 
     shift: list[float]
     scale: list[float]
+    whitening: list[list[float]] | None = Field(
+        default=None, description="[D, D] lower-triangular matrix with a positive diagonal; null: none."
+    )
 
     @model_validator(mode="after")
     def _positive(self) -> Scaling:
         if len(self.shift) != len(self.scale):
             raise ValueError("shift and scale must have one entry per feature")
+        if self.whitening is not None:
+            D, w = len(self.shift), self.whitening
+            if len(w) != D or any(len(row) != D for row in w):
+                raise ValueError(f"whitening must be a {D} x {D} matrix")
+            if any(w[i][j] != 0.0 for i in range(D) for j in range(i + 1, D)):
+                raise ValueError("whitening must be lower-triangular")
+            if not all(math.isfinite(v) for row in w for v in row) or not all(w[i][i] > 0 for i in range(D)):
+                raise ValueError("whitening must be finite with a positive diagonal")
         if not all(math.isfinite(s) and s > 0 for s in self.scale):
             raise ValueError("scales must be positive and finite")
         if not all(math.isfinite(s) for s in self.shift):

@@ -2,7 +2,8 @@
 
 Per feature: a bounded support [a, b] is mapped to the real line by u = logit((x - a) / (b - a)),
 a half-bounded one by u = log(x - a) or u = log(b - x), an unbounded one left alone; then
-s = (u - shift) / scale. The graphs model s; a density in raw units is
+s = W (u - shift) / scale, with W an optional lower-triangular whitening matrix (identity
+when absent). The graphs model s; a density in raw units is
 log p(x) = log p(s) + log |ds/dx|, summed over features. Sampling runs the map backwards,
 so a sample can never leave the support: samples are clipped into the open interval, where
 the density is finite, not onto its ends, where the logit is infinite.
@@ -17,6 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy.linalg import solve_triangular
 
 from .vector_spec import Interval, Scaling
 
@@ -31,6 +33,7 @@ class FeatureMap:
     high: Float  # [D], +inf where unbounded above
     shift: Float  # [D]
     scale: Float  # [D]
+    whitening: Float | None = None  # [D, D] lower-triangular, or None for the identity
 
     @classmethod
     def of(cls, support: list[Interval] | None, scaling: Scaling) -> FeatureMap:
@@ -39,7 +42,10 @@ class FeatureMap:
         support = support or [Interval() for _ in range(D)]
         low = np.array([-np.inf if s.low is None else s.low for s in support], dtype=np.float64)
         high = np.array([np.inf if s.high is None else s.high for s in support], dtype=np.float64)
-        return cls(low, high, np.asarray(scaling.shift, np.float64), np.asarray(scaling.scale, np.float64))
+        white = None if scaling.whitening is None else np.asarray(scaling.whitening, np.float64)
+        return cls(
+            low, high, np.asarray(scaling.shift, np.float64), np.asarray(scaling.scale, np.float64), white
+        )
 
     @property
     def _kinds(self) -> tuple[NDArray[np.bool_], NDArray[np.bool_], NDArray[np.bool_]]:
@@ -88,10 +94,17 @@ class FeatureMap:
     def to_standard(self, x: Float) -> tuple[Float, Float]:
         """Raw x [N, D] inside the support -> (standard s [N, D], log |ds/dx| [N])."""
         u, ld = self.unconstrain(x)
-        return (u - self.shift) / self.scale, ld - np.log(self.scale).sum()
+        z = (u - self.shift) / self.scale
+        ld = ld - np.log(self.scale).sum()
+        if self.whitening is None:
+            return z, ld
+        return z @ self.whitening.T, ld + np.log(np.diag(self.whitening)).sum()
 
     def from_standard(self, s: Float) -> Float:
         """Standard s [N, D] -> raw x [N, D] inside the support."""
+        if self.whitening is not None:
+            # z = W^-1 s: a triangular solve, exact and cheap.
+            s = solve_triangular(self.whitening, s.T, lower=True).T
         return self.constrain(s * self.scale + self.shift)
 
 

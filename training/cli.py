@@ -7,16 +7,17 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
+
+from .cli_common import DEFAULT_CHECKPOINTS, MaxMinutesOption, StoreOption, checkpoint_path, console
+from .cli_common import store_root as _store_root
+from .cli_eval import register_evaluation
+from .cli_store import store_app
 
 app = typer.Typer(
     help="genserve: train, evaluate, export and serve deep generative models.",
     no_args_is_help=True,
     pretty_exceptions_show_locals=False,
 )
-console = Console()
-
-DEFAULT_CHECKPOINTS = Path("checkpoints")
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -31,42 +32,6 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
         except json.JSONDecodeError:
             out[key.strip()] = raw
     return out
-
-
-def _positive(value: float | None, flag: str) -> float | None:
-    if value is not None and not value > 0:
-        raise typer.BadParameter("must be a positive number of minutes", param_hint=flag)
-    return value
-
-
-# A limit exists only when asked for: by default training ends by its epoch budget or
-# early stopping, so a model does not depend on the machine's speed or load.
-MaxMinutesOption = Annotated[
-    float | None,
-    typer.Option(
-        callback=lambda v: _positive(v, "--max-minutes"),
-        help="Wall-clock limit on each model's training, checked after each epoch (default: none). "
-        "A model it cuts short is marked so in its checkpoint, manifest and listings.",
-    ),
-]
-
-
-def _store_root(store: Path | None) -> Path:
-    from service.config import load_settings
-
-    return store or load_settings().model_store
-
-
-StoreOption = Annotated[
-    Path | None,
-    typer.Option("--store", help="Model store root (default: $GENSERVE_MODEL_STORE or model_store)."),
-]
-
-
-def checkpoint_path(root: Path, family: str, dataset: str, conditional: bool, seed: int) -> Path:
-    """Where `train` puts a run by default: checkpoints/<family>-<dataset>[-uncond]-s<seed>."""
-    name = Path(dataset).stem if dataset.endswith(".npz") else dataset
-    return root / f"{family}-{name}{'' if conditional else '-uncond'}-s{seed}"
 
 
 @app.command()
@@ -181,106 +146,6 @@ def _gan_validator(dataset: str, seed: int, cache: Path) -> Any:
     return gan_validator(data, splits, cache, seed)
 
 
-@app.command()
-def evaluate(
-    checkpoint: Annotated[
-        list[Path] | None, typer.Option(help="Checkpoint directories (repeatable).")
-    ] = None,
-    family: Annotated[list[str] | None, typer.Option(help="Evaluate default checkpoints of these.")] = None,
-    dataset: Annotated[str, typer.Option()] = "digits",
-    conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
-    seed: Annotated[int, typer.Option()] = 0,
-    checkpoints: Annotated[Path, typer.Option()] = DEFAULT_CHECKPOINTS,
-    report: Annotated[Path, typer.Option(help="Where to write the JSON report.")] = Path(
-        "reports/evaluation.json"
-    ),
-) -> None:
-    """Score checkpoints on the test split beside classical baselines; print and save a report."""
-    from .pipeline import evaluate_checkpoints
-
-    dirs = list(checkpoint or [])
-    for fam in family or ([] if dirs else ["flow", "vae", "gan", "pixelcnn"]):
-        dirs.append(checkpoint_path(checkpoints, fam, dataset, conditional, seed))
-    missing = [d for d in dirs if not (d / "checkpoint.json").exists()]
-    if missing:
-        raise typer.BadParameter(
-            f"no checkpoint at {', '.join(map(str, missing))}; run `genserve train` first"
-        )
-    evaluate_checkpoints(dirs, report, checkpoints, console)
-    console.print(f"report written to {report}")
-
-
-@app.command("ood-eval")
-def ood_eval(
-    store: StoreOption = None,
-    dataset: Annotated[str, typer.Option()] = "digits",
-    novelty: Annotated[
-        bool, typer.Option("--novelty/--no-novelty", help="Also run one-class novelty (retrains).")
-    ] = True,
-    classes: Annotated[
-        list[int] | None, typer.Option("--class", help="Held-out classes for novelty (default all).")
-    ] = None,
-    novelty_minutes: MaxMinutesOption = None,
-    novelty_epochs: Annotated[
-        float,
-        typer.Option(
-            help="Novelty models train this share of their default epochs "
-            "(1.0 = the served recipe; 0.3 gives a run about half as long).",
-        ),
-    ] = 1.0,
-    report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/ood-eval.json"),
-    markdown: Annotated[Path | None, typer.Option(help="Also write the tables as markdown.")] = None,
-) -> None:
-    """Outlier-detection evaluation: every likelihood family x every score vs classical detectors."""
-    from .ood_eval import evaluate_novelty, evaluate_store, render_markdown
-
-    result = evaluate_store(_store_root(store), dataset, console=console)
-    result.settings["novelty_minutes"] = novelty_minutes if novelty else None
-    result.settings["novelty_epochs"] = novelty_epochs if novelty else None
-    if novelty:
-        result.protocols["novelty"] = evaluate_novelty(
-            dataset, classes, novelty_minutes, epoch_scale=novelty_epochs, console=console
-        )
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(result.model_dump_json(indent=1))
-    text = render_markdown(result)
-    if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(text)
-    console.print(text, markup=False, highlight=False)
-    console.print(f"report written to {report}")
-
-
-@app.command("sbi-eval")
-def sbi_eval_cmd(
-    store: StoreOption = None,
-    observations: Annotated[int, typer.Option(min=1, max=10, help="Benchmark observations per task.")] = 10,
-    model: Annotated[list[str] | None, typer.Option(help="Only these NPE models (default: all).")] = None,
-    report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/sbi-eval.json"),
-    markdown: Annotated[Path | None, typer.Option(help="Also write the table as markdown.")] = None,
-    draws: Annotated[
-        int, typer.Option(min=100, help="Posterior and reference draws (sbibm: 10,000).")
-    ] = 10_000,
-) -> None:
-    """C2ST of every NPE posterior in the store against reference posteriors, as sbibm computes it."""
-    from .vectors.sbi_eval import markdown as to_markdown
-    from .vectors.sbi_eval import sbi_eval
-
-    results = sbi_eval(_store_root(store), observations, model, say=console.print, draws=draws)
-    if not results:
-        raise typer.BadParameter(
-            "no NPE models in the store (genserve build-store --suite sbi)", param_hint="--store"
-        )
-    report.parent.mkdir(parents=True, exist_ok=True)
-    report.write_text(json.dumps(results, indent=2))
-    table = to_markdown(results)
-    if markdown is not None:
-        markdown.parent.mkdir(parents=True, exist_ok=True)
-        markdown.write_text(table + "\n")
-    console.print(table, markup=False, highlight=False)
-    console.print(f"report written to {report}")
-
-
 @app.command("build-store")
 def build_store_cmd(
     store: StoreOption = None,
@@ -381,117 +246,8 @@ def export(
     console.print(f"[green]published[/] {version.name} v{version.version} -> {version.path}")
 
 
-store_app = typer.Typer(help="Inspect and verify the model store.", no_args_is_help=True)
 app.add_typer(store_app, name="store")
-
-
-@store_app.command("list")
-def store_list(store: StoreOption = None) -> None:
-    """Models and versions in the store."""
-    from rich.table import Table
-
-    from service.store import ModelStore, StoreError
-
-    ms = ModelStore(_store_root(store))
-    table = Table(title=str(ms.root))
-    for col in ("model", "versions", "family", "test bpd", "training", "created"):
-        table.add_column(col)
-    cut: list[str] = []
-    for model in ms.names():
-        try:
-            m = ms.open(model, verify=False).manifest
-            bpd = m.evaluation.get("test_bpd")
-            t = m.training
-            training = f"{t.epochs} epochs, {t.stopped}"
-            if t.cut_short:
-                training = f"[bold red]CUT SHORT[/] at epoch {t.epochs}" + (
-                    f" of {t.max_epochs}" if t.max_epochs else ""
-                )
-                cut.append(f"{model} v{m.version}")
-            table.add_row(
-                model,
-                ", ".join(map(str, ms.versions(model))),
-                m.family,
-                "—" if bpd is None else f"{bpd:.3f}",
-                training,
-                m.created,
-            )
-        except StoreError as exc:
-            try:
-                versions = ", ".join(map(str, ms.versions(model)))
-            except StoreError:  # the model folder itself cannot be read
-                versions = "?"
-            table.add_row(model, versions, "?", "?", "?", f"unreadable: {exc}")
-    console.print(table)
-    if cut:
-        console.print(
-            f"[bold red]WARNING[/]: {', '.join(cut)}: training was cut short by a time limit; "
-            "these models depend on the machine that built them (rebuild without a limit)"
-        )
-
-
-@store_app.command("show")
-def store_show(
-    name: str,
-    version: Annotated[int | None, typer.Option()] = None,
-    store: StoreOption = None,
-    full: Annotated[bool, typer.Option(help="Include split indices and calibration scores.")] = False,
-) -> None:
-    """Print a version's manifest (summarised unless --full)."""
-    from service.store import ModelStore
-
-    mv = ModelStore(_store_root(store)).open(name, version, verify=False)
-    data = mv.manifest.model_dump(mode="json")
-    if not full:
-        for key in ("validation", "calibration", "test"):
-            data["split"][key] = f"<{len(data['split'][key])} indices>"
-        if data.get("calibration"):
-            for key in ("log_likelihood",):
-                data["calibration"][key] = f"<{len(data['calibration'][key])} values>"
-            for table in ("scores", "scores_given_labels"):
-                if data["calibration"].get(table):
-                    data["calibration"][table] = {
-                        k: f"<{len(v)} values>" for k, v in data["calibration"][table].items()
-                    }
-    console.print_json(json.dumps(data))
-
-
-@store_app.command("verify")
-def store_verify(
-    name: Annotated[str | None, typer.Argument(help="One model (default: all).")] = None,
-    store: StoreOption = None,
-) -> None:
-    """Check every file's sha256, the manifest schema and the allowlist; exit 1 on any problem."""
-    from service.store import IntegrityError, ModelNotFoundError, ModelStore, StoreError
-
-    ms = ModelStore(_store_root(store))
-    models = [name] if name else ms.names()
-    if not models:
-        # An empty or missing store is a problem here: the image build runs
-        # `build-store && store verify` and must not ship a store with nothing in it.
-        console.print(f"[red]FAIL[/] {ms.root}: no models in the store")
-        raise typer.Exit(1)
-    bad = 0
-    for model in models:
-        try:
-            versions = ms.versions(model)  # refuses names that are not plain store entries
-            if not versions:
-                raise ModelNotFoundError(f"no model named {model!r} in {ms.root}")
-        except StoreError as exc:
-            bad += 1
-            console.print(f"[red]FAIL[/] {model}: {exc}")
-            continue
-        for v in versions:
-            try:
-                ms.verify(model, v)
-                console.print(f"[green]ok[/]   {model}/{v}")
-            except StoreError as exc:
-                bad += 1
-                # an IntegrityError already starts with its model/version
-                said = str(exc) if isinstance(exc, IntegrityError) else f"{model}/{v}: {exc}"
-                console.print(f"[red]FAIL[/] {said}")
-    if bad:
-        raise typer.Exit(1)
+register_evaluation(app)
 
 
 @app.command()

@@ -23,6 +23,7 @@ from .execution import guarded
 from .parsing import (
     array_from_json,
     array_from_npy,
+    arrays_from_npz,
     check_mask,
     check_output_size,
     params_from_query,
@@ -91,7 +92,11 @@ async def _json_body(request: Request) -> dict[str, Any]:
     if media != "application/json" and not media.endswith("+json"):
         raise UnsupportedMediaTypeError(
             f"send Content-Type: application/json (got {media or 'none'})"
-            + ("; /log-likelihood and /reconstruct also take application/x-npy" if media else "")
+            + (
+                "; /log-likelihood and /reconstruct also take application/x-npy and application/x-npz"
+                if media
+                else ""
+            )
         )
     return parse_json(await request.body())
 
@@ -219,11 +224,24 @@ def _optional_array(value: Any, field: str) -> np.ndarray | None:
 
 
 async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.ndarray]:
-    """(validated request, raw input array) from a JSON body or an .npy body + query."""
-    if _media_type(request) == NPY:
+    """(validated request, raw input array) from a JSON body, or an .npy body (the inputs)
+    or an .npz body (`inputs` and, per row, `context`) with the other fields in the query."""
+    media = _media_type(request)
+    if media in (NPY, NPZ):
         params = params_from_query(request.query_params, cls)
-        req = validate_model(cls, params)
-        return req, array_from_npy(await request.body())
+        if media == NPY:
+            return validate_model(cls, params), array_from_npy(await request.body())
+        limit = request.app.state.settings.max_body_bytes
+        arrays = arrays_from_npz(await request.body(), ("inputs", "context"), limit)
+        if "context" in arrays:
+            if "context" in request.query_params:
+                raise InvalidInputError.field(
+                    ["context"], "send the context in the query or the .npz body, not both"
+                )
+            params["context"] = arrays["context"]
+        if "inputs" not in arrays:
+            raise InvalidInputError.field(["inputs"], "is required: an .npz body holds an 'inputs' array")
+        return validate_model(cls, params), arrays["inputs"]
     body = await _json_body(request)
     req = validate_model(cls, body)
     return req, array_from_json(body.get("inputs"), "inputs")
@@ -238,6 +256,7 @@ async def _inputs_and_params(request: Request, cls: type[Any]) -> tuple[Any, np.
             "content": {
                 "application/json": {"schema": LogLikelihoodRequest.model_json_schema()},
                 NPY: {"schema": {"type": "string", "format": "binary"}},
+                NPZ: {"schema": {"type": "string", "format": "binary"}},
             },
             "required": True,
         },
@@ -376,7 +395,7 @@ async def reconstruct(request: Request) -> Response:
     engine.ensure_can_reconstruct()
     x = kind.check_inputs(raw, "inputs", settings.max_rows)
     check_output_size(len(x), 3 * kind.values_per_row, settings.max_output_values, "inputs")
-    mask = check_mask(req.mask, x) if _media_type(request) != NPY else None
+    mask = check_mask(req.mask, x) if _media_type(request) not in (NPY, NPZ) else None
     labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
     context = kind.check_context(_optional_array(req.context, "context"), len(x), model.name)
     if engine.conditional and labels is None:

@@ -11,6 +11,7 @@ import io
 import math
 import re
 import sys
+import zipfile
 from collections.abc import Mapping
 from typing import Any, TypeVar
 
@@ -63,7 +64,7 @@ def params_from_query(query: Mapping[str, str], cls: type[BaseModel]) -> dict[st
     `labels` is one label or a comma-separated list; a part written as a plain integer
     is a class index, anything else a class name. The arrays travel in the body alone.
     """
-    for key, where in (("inputs", "the .npy body"), ("mask", "a JSON body (application/json)")):
+    for key, where in (("inputs", "the binary body"), ("mask", "a JSON body (application/json)")):
         if key in query and key in cls.model_fields:
             raise InvalidInputError.field([key], f"with an application/x-npy body, send {key} in {where}")
     params: dict[str, Any] = dict(query)
@@ -127,6 +128,37 @@ def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
         )
     except (TypeError, ValueError):  # a shape numpy cannot represent, e.g. a 0 beside a huge side
         raise MalformedBodyError("the .npy header declares an invalid shape") from None
+
+
+def arrays_from_npz(raw: bytes, allowed: tuple[str, ...], limit: int) -> dict[str, np.ndarray]:
+    """An application/x-npz body (numpy.savez) -> its arrays, each read like an .npy body.
+
+    Only the named arrays are accepted, and a member's declared size is checked against
+    `limit` before it is decompressed (a compressed member could otherwise expand a small
+    body without bound).
+    """
+    try:
+        archive = zipfile.ZipFile(io.BytesIO(raw))
+        members = archive.infolist()
+    except (zipfile.BadZipFile, OSError, ValueError):
+        raise MalformedBodyError("the body is not a valid .npz archive") from None
+    out: dict[str, np.ndarray] = {}
+    for info in members:
+        name = info.filename.removesuffix(".npy")
+        if name not in allowed:
+            raise InvalidInputError.field(
+                [_short(name)], f"unknown array; an .npz body holds {', '.join(allowed)}"
+            )
+        if info.file_size > limit:
+            raise PayloadTooLargeError(
+                f"{name}: {info.file_size} bytes unpacked is over the limit of {limit}"
+            )
+        try:
+            data = archive.read(info)
+        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+            raise MalformedBodyError(f"the .npz member {name} cannot be read") from None
+        out[name] = array_from_npy(data, name)
+    return out
 
 
 def check_mask(value: Any, images: np.ndarray, field: str = "mask") -> np.ndarray | None:

@@ -165,3 +165,34 @@ def test_non_finite_inputs_and_contexts_are_refused(client: Client) -> None:
     assert_problem(
         client.post("/sample", json={"model": NPE, "n": 2, "context": [[0.1, 0.2]] * 3}), 422, "context"
     )
+
+
+def _npz(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def test_an_npz_body_carries_inputs_and_a_context_per_row(client: Client) -> None:
+    theta = np.array([[0.1, 0.2], [-0.4, 0.4], [0.0, 0.0]])
+    ctx = np.array([X_O, [0.1, -0.3], X_O])
+    headers = {"content-type": "application/x-npz"}
+    r = client.post(f"/log-likelihood?model={NPE}", content=_npz(inputs=theta, context=ctx), headers=headers)
+    assert r.status_code == 200, r.text
+    by_json = client.post(
+        "/log-likelihood", json={"model": NPE, "inputs": theta.tolist(), "context": ctx.tolist()}
+    )
+    assert [a["log_likelihood"] for a in r.json()["results"]] == [
+        a["log_likelihood"] for a in by_json.json()["results"]
+    ]
+    bad = client.post(f"/log-likelihood?model={NPE}", content=_npz(inputs=theta, extra=ctx), headers=headers)
+    assert_problem(bad, 422, "extra")
+    both = client.post(
+        f"/log-likelihood?model={NPE}&context=0.3,0.5",
+        content=_npz(inputs=theta, context=ctx),
+        headers=headers,
+    )
+    assert_problem(both, 422, "context")
+    assert_problem(client.post(f"/log-likelihood?model={NPE}", content=b"PK not a zip", headers=headers), 400)
+    missing = client.post(f"/log-likelihood?model={NPE}", content=_npz(context=ctx), headers=headers)
+    assert_problem(missing, 422, "inputs")

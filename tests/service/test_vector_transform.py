@@ -65,3 +65,29 @@ def test_density_integrates_to_one_over_a_bounded_support() -> None:
     s, ld = fm.to_standard(grid)
     density = np.exp(-0.5 * s[:, 0] ** 2 - 0.5 * np.log(2 * np.pi) + ld)
     assert abs(np.trapezoid(density, grid[:, 0]) - 1.0) < 1e-4
+
+
+def test_whitening_round_trips_and_its_log_det_is_the_full_jacobians() -> None:
+    rng = np.random.default_rng(3)
+    a = np.tril(rng.normal(size=(4, 4)), -1) + np.diag([1.5, 0.7, 2.0, 1.1])
+    white = Scaling(shift=SCALING.shift, scale=SCALING.scale, whitening=a.tolist())
+    fm = FeatureMap.of(SUPPORT, white)
+    x = inside_points(6, seed=2)
+    s, ld = fm.to_standard(x)
+    np.testing.assert_allclose(fm.from_standard(s), x, rtol=1e-9, atol=1e-9)
+    h = 1e-6
+    for i in range(len(x)):
+        jac = np.empty((4, 4))
+        for d in range(4):
+            up, down = x[i : i + 1].copy(), x[i : i + 1].copy()
+            up[0, d] += h
+            down[0, d] -= h
+            jac[:, d] = (fm.to_standard(up)[0][0] - fm.to_standard(down)[0][0]) / (2 * h)
+        assert abs(np.linalg.slogdet(jac)[1] - ld[i]) < 1e-5
+
+
+def test_scaling_refuses_a_whitening_that_is_not_lower_triangular_and_positive() -> None:
+    with pytest.raises(ValueError, match="lower-triangular"):
+        Scaling(shift=[0.0, 0.0], scale=[1.0, 1.0], whitening=[[1.0, 0.5], [0.0, 1.0]])
+    with pytest.raises(ValueError, match="positive diagonal"):
+        Scaling(shift=[0.0, 0.0], scale=[1.0, 1.0], whitening=[[1.0, 0.0], [0.3, -1.0]])

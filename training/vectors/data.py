@@ -42,6 +42,7 @@ class VectorDataset:
     context: Float | None = None  # [N, C]
     context_names: list[str] | None = None
     simulation: SimulationRecord | None = None
+    outliers: Float | None = None  # [M, D] rows of the classes left out (tabular outlier models)
     extra: dict[str, str] = field(default_factory=dict)
 
     def __len__(self) -> int:
@@ -56,18 +57,28 @@ class VectorDataset:
             label_names=self.label_names,
             context=self.context_names,
             support=self.support,
-            scaling=fit_scaling(self.x[train], self.support),
+            scaling=fit_scaling(self.x[train], self.support, whiten=self.simulation is None),
             context_scaling=None if self.context is None else fit_scaling(self.context[train], None),
             density=self.density,
             simulation=self.simulation,
         )
 
 
-def fit_scaling(x: Float, support: list[Interval] | None) -> Scaling:
-    """Mean and standard deviation of the unconstrained features of `x` [N, D]."""
-    identity = Scaling(shift=[0.0] * x.shape[1], scale=[1.0] * x.shape[1])
+def fit_scaling(x: Float, support: list[Interval] | None, whiten: bool = False) -> Scaling:
+    """Mean and standard deviation of the unconstrained features of `x` [N, D]; with `whiten`,
+    also the inverse Cholesky factor of their correlation, so a flow starts from the best
+    Gaussian instead of learning linear correlations with its couplings (which on a 30-feature
+    table with 200 rows it does not manage: its test likelihood stayed below a Gaussian's)."""
+    D = x.shape[1]
+    identity = Scaling(shift=[0.0] * D, scale=[1.0] * D)
     u, _ = FeatureMap.of(support, identity).unconstrain(x)
-    return Scaling(shift=u.mean(0).tolist(), scale=np.maximum(u.std(0), MIN_SCALE).tolist())
+    scale = np.maximum(u.std(0), MIN_SCALE)
+    white = None
+    if whiten and D > 1 and len(x) > D:
+        corr = np.corrcoef((u - u.mean(0)) / scale, rowvar=False) + 1e-6 * np.eye(D)
+        inv = np.linalg.inv(np.linalg.cholesky(corr))
+        white = np.tril(inv).tolist()
+    return Scaling(shift=u.mean(0).tolist(), scale=scale.tolist(), whitening=white)
 
 
 def sbi_dataset(task_name: str, method: str, simulations: int, seed: int = 0) -> VectorDataset:
@@ -127,12 +138,14 @@ def tabular_dataset(name: str, inliers: str | None = None) -> VectorDataset:
     names = [str(n) for n in getattr(bunch, "target_names", [])] or None
     y = np.asarray(bunch.target, dtype=np.int64) if names else None
     source = f"scikit-learn load_{name}()"
+    outliers = None
     if inliers is not None:
         if names is None or inliers not in names or y is None:
             raise DataError(
                 f"{name} has no class {inliers!r}" + (f" (classes: {', '.join(names)})" if names else "")
             )
         keep = y == names.index(inliers)
+        outliers = x[~keep]
         x, y, names = x[keep], None, None
         source += f", class {inliers!r} only"
     return VectorDataset(
@@ -144,6 +157,7 @@ def tabular_dataset(name: str, inliers: str | None = None) -> VectorDataset:
         density="p(x)",
         y=y,
         label_names=names,
+        outliers=outliers,
     )
 
 

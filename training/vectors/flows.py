@@ -30,8 +30,9 @@ from ..graphdef import GraphDef, wrap
 
 
 class VectorFlowConfig(FamilyConfig):
-    """Architecture of a vector flow. Defaults: sbi's NPE density estimator (NSF, 5
-    transforms, two hidden layers of 50, 10 bins), the one sbibm's published figures used."""
+    """Architecture of a vector flow. Defaults: sbi's NPE density estimator (NSF coupling, 5
+    transforms, two hidden layers of 50, 10 bins), the one sbibm's published figures used;
+    SBI recipes widen it (training/vectors/pipeline.py)."""
 
     transform: Literal["nsf", "maf"] = "nsf"
     # Coupling (2 passes: half the features given the other half, alternating), as sbi's

@@ -1,10 +1,10 @@
 """Training a vector flow: a recipe names the data, the split and the optimiser settings.
 
-SBI follows sbi's conventions, so that the published benchmark figures apply: the budget of
-simulations is the training set plus a 10 % validation set for early stopping (patience 20),
-batches of 50, Adam at 5e-4, gradient norm clipped at 5. The test and calibration sets
-are fresh simulations outside the budget (the simulator is free; the budget counts what
-the posterior learned from). Tabular and user data get the image zoo's four-way split.
+SBI follows sbi's conventions where they decide what a budget means, so that the published
+benchmark figures compare: the budget of simulations is the training set plus a 10 %
+validation set, and gradient norms are clipped at 5. The test and calibration sets are
+fresh simulations outside the budget (the simulator is free; the budget counts what the
+posterior learned from). Tabular and user data get the image zoo's four-way split.
 """
 
 from __future__ import annotations
@@ -29,9 +29,21 @@ from ..train import SettingsError, TrainConfig, class_prior, fit
 from .data import VectorDataset, file_dataset, sbi_dataset, tabular_dataset
 from .flows import VectorFlowConfig, VectorFlowModel
 
-# sbi's training defaults (sbi.inference.NPE.train): batch 50, lr 5e-4, 10 % validation,
-# stop after 20 epochs without improvement. The epoch cap is a safeguard, not a budget.
-SBI_TRAINING: dict[str, Any] = {"batch_size": 50, "lr": 5e-4, "max_epochs": 2000, "patience": 20}
+# SBI: batches of 100 at 1e-3, annealed (cosine) over a fixed 150 epochs with a weight
+# average, keeping the best validation state. Against sbi's own defaults (batches of 50
+# at 5e-4, early stopping after 20 epochs without improvement) on two_moons at 10,000
+# simulations: C2ST 0.554 vs 0.650 (3 observations, docs/results.md), and an end fixed by
+# epochs rather than by when validation noise happens to stall.
+SBI_TRAINING: dict[str, Any] = {
+    "batch_size": 100,
+    "lr": 1e-3,
+    "schedule": "cosine",
+    "max_epochs": 150,
+    "patience": 1000,
+    "ema": 0.995,
+}
+# With it, a wider and deeper NSF than sbi's (64 hidden units, 8 transforms; sbi: 50, 5).
+SBI_FLOW: dict[str, Any] = {"hidden": 64, "transforms": 8}
 TABULAR_TRAINING: dict[str, Any] = {
     "batch_size": 64,
     "lr": 1e-3,
@@ -167,6 +179,10 @@ def _defaults(recipe: VectorRecipe) -> dict[str, Any]:
     return SBI_TRAINING if recipe.is_sbi else TABULAR_TRAINING
 
 
+def _flow_defaults(recipe: VectorRecipe) -> dict[str, Any]:
+    return SBI_FLOW if recipe.is_sbi else {}
+
+
 @dataclass
 class Prepared:
     """Everything a run is made of before training: data, split, settings and their key."""
@@ -187,7 +203,7 @@ def prepare(recipe: VectorRecipe, conditional: bool = True, seed: int = 0) -> Pr
     spec = data.spec(splits.train)
     conditional = conditional and spec.num_classes >= 2  # labels absent or of one class: none
     try:
-        config = VectorFlowConfig(**recipe.config)
+        config = VectorFlowConfig(**{**_flow_defaults(recipe), **recipe.config})
         tcfg = TrainConfig(**{**_defaults(recipe), **recipe.train})
     except ValidationError as exc:
         raise SettingsError.of(exc) from None

@@ -22,7 +22,7 @@ from rich.console import Console
 from service.engine import Engine, build_engine, inline_caller
 from service.engine.vector_flow import VectorFlowEngine
 from service.manifest import SCHEMA_VERSION, CalibrationRecord, ContextCheck, Manifest
-from service.outliers import Evidence, available_methods, calibration_scores, method_stats
+from service.outliers import Evidence, available_methods, calibration_scores, method_stats, score
 from service.runtime import open_backend
 from service.store import ModelStore, ModelVersion
 
@@ -32,6 +32,7 @@ from ..checkpoint import run_key
 from ..export import export_graphs
 from ..runtime import configure_threads
 from . import baselines
+from .outlier_eval import outlier_report
 from .pipeline import CONTEXT_FLOW, VectorRecipe, VectorTrainResult, standardise, train_vectors, training_key
 
 Float = NDArray[np.float64]
@@ -99,9 +100,10 @@ async def vector_calibration(engine: Engine, val: Rows, cal: Rows) -> Calibratio
 
 
 async def evaluate_vectors(
-    engine: Engine, result: VectorTrainResult, test: Rows, val: Rows
+    engine: Engine, result: VectorTrainResult, test: Rows, val: Rows, calibration: CalibrationRecord
 ) -> dict[str, Any]:
-    """Test log-likelihood (nats per example, raw units) beside the classical baselines."""
+    """Test log-likelihood (nats per example, raw units) beside the classical baselines; for a
+    model of one class of a table, outlier detection against the other classes."""
     ll = (await _ll(engine, test, engine.conditional)).log_likelihood
     train = _rows(result, result.splits.train)
     out: dict[str, Any] = {
@@ -122,6 +124,17 @@ async def evaluate_vectors(
         base["kde"] = float(kd.mean())
         out["kde_bandwidth"] = bandwidth
     out["baselines"] = base
+    outliers = result.data.outliers
+    if outliers is not None and test.c is None:
+        flow_scores: dict[str, tuple[Float, Float]] = {}
+        ll_in = (await _ll(engine, test, False)).log_likelihood  # scored as requests come: unlabelled
+        ll_out = (await engine.log_likelihood(outliers, None, 1, NOISE_SEED)).log_likelihood
+        for method in ("nll", "typicality"):
+            stats = calibration.stats.get(method, {})
+            inl = score(method, Evidence(ll_in, test.x), result.spec, stats)
+            outl = score(method, Evidence(ll_out, outliers), result.spec, stats)
+            flow_scores[method] = (inl, outl)
+        out["outlier_detection"] = outlier_report(flow_scores, calibration, train.x, test.x, outliers)
     if result.spec.simulation is not None:
         out["held_out"] = "fresh simulations outside the training budget (seed + 10000)"
     return out
@@ -211,10 +224,11 @@ def publish_vectors(
         )
         backend = open_backend(provisional.graphs, stage.path, "onnxruntime", "cpu", torch.get_num_threads())
         engine = build_engine(provisional, inline_caller(backend))
-        step("evaluating on held-out data (log-likelihood, baselines)")
-        fields["evaluation"] = asyncio.run(evaluate_vectors(engine, result, test, val))
         step("calibrating outlier scores")
-        fields["calibration"] = asyncio.run(vector_calibration(engine, val, cal)).model_dump()
+        calibration = asyncio.run(vector_calibration(engine, val, cal))
+        fields["calibration"] = calibration.model_dump()
+        step("evaluating on held-out data (log-likelihood, baselines, outliers)")
+        fields["evaluation"] = asyncio.run(evaluate_vectors(engine, result, test, val, calibration))
         if result.context_model is not None:
             assert isinstance(engine, VectorFlowEngine)
             assert cal.c is not None

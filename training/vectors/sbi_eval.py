@@ -27,6 +27,44 @@ from .c2st import c2st
 from .sbi_tasks import get_task
 
 DRAWS = 10_000
+CHECKED = 500  # observations per set in the misspecification check
+ALPHA = 0.05
+
+
+def perturbations(x: np.ndarray, spread: np.ndarray, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Observations a misspecified simulator would make, from the simulator's own `x` [N, X]
+    (`spread`: the per-coordinate standard deviation of simulated x):
+
+    - added noise: every coordinate gets N(0, spread²) more noise than the simulator adds;
+    - shifted outputs: every coordinate is moved by 2 spreads (a calibration offset);
+    - contaminated coordinate: the first coordinate is off by 10 spreads (a gross error).
+    """
+    noisy = x + spread * rng.standard_normal(x.shape)
+    shifted = x + 2.0 * spread
+    contaminated = x.copy()
+    contaminated[:, 0] += 10.0 * spread[0]
+    return {"added noise": noisy, "shifted outputs": shifted, "contaminated coordinate": contaminated}
+
+
+def misspecification(engine: Any, task: Any, seed: int = 7) -> dict[str, Any]:
+    """Context p-values of simulator observations (should be uniform) and of perturbed
+    ones (should be small): the fraction flagged at ALPHA for each set."""
+    _, x = task.simulations(CHECKED, seed=seed)
+    _, reference = task.simulations(5000, seed=seed + 1)
+    spread = reference.std(0)
+    rng = np.random.default_rng(seed)
+    sets = {"simulator": x, **perturbations(x, spread, rng)}
+    out: dict[str, Any] = {"alpha": ALPHA, "observations": CHECKED}
+    for name, obs in sets.items():
+        p = np.array([v["p_value"] for v in asyncio.run(engine.context_outliers(obs, ALPHA))])
+        out[name] = {"flagged": float((p <= ALPHA).mean()), "median_p": float(np.median(p))}
+    # Uniformity of the simulator's own p-values: Kolmogorov-Smirnov distance to U(0, 1).
+    p = np.sort([v["p_value"] for v in asyncio.run(engine.context_outliers(x, ALPHA))])
+    grid = np.arange(1, len(p) + 1) / len(p)
+    out["simulator"]["ks_distance"] = float(np.max(np.abs(grid - p)))
+    return out
+
+
 GRID = 1000  # cells per axis for the 2-D normalisation check
 
 
@@ -92,6 +130,9 @@ def evaluate_posterior(
             + ", ".join(f"{k} {v}" for k, v in row.items() if k != "observation")
         )
         rows.append(row)
+    checked = misspecification(engine, task) if engine.checks_context else None
+    if checked is not None:
+        say(f"{version.name} context check: " + ", ".join(f"{k} {v}" for k, v in checked.items()))
     backend.close()
     c2sts = [r["c2st"] for r in rows]
     return {
@@ -107,6 +148,7 @@ def evaluate_posterior(
         "c2st_mean": float(np.mean(c2sts)),
         "c2st_sd": float(np.std(c2sts, ddof=1)) if len(c2sts) > 1 else 0.0,
         "observations": rows,
+        "misspecification": checked,
     }
 
 
@@ -140,6 +182,20 @@ def markdown(results: list[dict[str, Any]]) -> str:
             f"| {r['model']} v{r['version']} | {r['task']} | {r['simulations']:,} | {c2st_text} "
             f"| {max(c2sts):.3f} | {integral} | {trained} |"
         )
+    checks = [r for r in results if r.get("misspecification")]
+    if checks:
+        sets = ["simulator", "added noise", "shifted outputs", "contaminated coordinate"]
+        lines += [
+            "",
+            f"| model | flagged at α = {ALPHA} (of {CHECKED}): "
+            + " | ".join(sets)
+            + " | KS distance (simulator) |",
+            "|---|" + "---|" * (len(sets) + 1),
+        ]
+        for r in checks:
+            m = r["misspecification"]
+            cells = " | ".join(f"{m[s]['flagged']:.3f}" for s in sets)
+            lines.append(f"| {r['model']} | {cells} | {m['simulator']['ks_distance']:.3f} |")
     return "\n".join(lines)
 
 
