@@ -73,7 +73,13 @@ class Settings(BaseSettings):
 
     # Request limits: bad or huge input gets a 4xx, never an out-of-memory server.
     max_body_bytes: int = Field(default=64 * 1024 * 1024, ge=1024)
-    max_samples: int = Field(default=1024, ge=1, description="Largest n for /sample.")
+    max_samples: int = Field(default=1024, ge=1, description="Largest n for /sample (images).")
+    max_vector_samples: int = Field(
+        default=100_000,
+        ge=1,
+        description="Largest n for /sample on vector models (a draw is a few numbers: 10,000 "
+        "posterior draws for one observation is a usual request).",
+    )
     max_rows: int = Field(default=20_000, ge=1, description="Most input rows per request.")
     max_output_values: int = Field(
         default=20_000_000, ge=1, description="Most numbers one response may carry (rows × values)."
@@ -146,9 +152,11 @@ class Settings(BaseSettings):
             raise ValueError("lists a model more than once")
         return value
 
-    def sample_cap(self, family: str) -> int:
+    def sample_cap(self, family: str, kind: str = "images") -> int:
         """Largest `n` for /sample (and rows of a PixelCNN completion): the PixelCNN, one
-        graph call per pixel, has its own lower cap."""
+        graph call per pixel, has its own lower cap; vectors a higher one."""
+        if kind == "vectors":
+            return self.max_vector_samples
         if family == "pixelcnn":
             return min(self.max_samples, self.pixelcnn_max_samples)
         return self.max_samples

@@ -35,6 +35,19 @@ def _check_finite(arr: np.ndarray, field: str) -> None:
         raise InvalidInputError.field([field], "values must be finite (no NaN or Infinity)")
 
 
+def _check_representable(fmap: FeatureMap, x: np.ndarray, field: str) -> None:
+    """422 for values whose standardised form overflows the graphs' float32 (e.g. 1e39, or
+    a point so near a bound that its logit is infinite): they would come back as NaN."""
+    s, _ = fmap.to_standard(x)
+    with np.errstate(over="ignore"):
+        ok = np.isfinite(s.astype(np.float32)).all(axis=1)
+    if not ok.all():
+        row = int(np.argmin(ok))
+        raise InvalidInputError.field(
+            [field, row], "a value is too large, or too close to a bound of the support, for the model"
+        )
+
+
 class DataKind(ABC):
     """One kind of data's side of every request."""
 
@@ -162,6 +175,8 @@ class Vectors(DataKind):
         assert isinstance(manifest.dataset, VectorSpec)
         self.spec = manifest.dataset
         self.support = FeatureMap.of(self.spec.support, self.spec.scaling)
+        scaling = self.spec.context_scaling
+        self.context_map = None if scaling is None else FeatureMap.of(None, scaling)
 
     @property
     def values_per_row(self) -> int:
@@ -195,6 +210,7 @@ class Vectors(DataKind):
                 f"feature {self.spec.features[col]!r} lies outside the model's support "
                 f"{self.spec.support[col].describe()} (the density is 0 there; ends excluded)",
             )
+        _check_representable(self.support, x, field)
         return x
 
     def check_context(
@@ -209,7 +225,9 @@ class Vectors(DataKind):
                 [field],
                 f"model {model} is conditioned on {', '.join(names)}: give one row for all, or one per row",
             )
-        c = self._matrix(arr, len(names), names, field, max_rows=len(arr) or 1)
+        c = self._matrix(arr, len(names), names, field, max_rows=max(1, arr.shape[0] if arr.ndim else 1))
+        if self.context_map is not None:
+            _check_representable(self.context_map, c, field)
         if len(c) == 1:
             return np.repeat(c, rows, axis=0)
         if len(c) != rows:

@@ -90,6 +90,8 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "gan": ("generate",),
     "pixelcnn": ("logits",),
 }
+# Outlier scores that read pixels (compressed length) or a pixel background model.
+IMAGE_OUTLIER_METHODS = frozenset({"complexity", "likelihood_ratio", "ratio_ambiguity", "combined"})
 # Graphs a version may add to its family's: a vector model's density of its context alone.
 OPTIONAL_GRAPHS: dict[str, tuple[str, ...]] = {"flow": ("context_log_prob",)}
 # The families each kind of data is modelled by (graphs keep the family's names).
@@ -309,6 +311,8 @@ class Manifest(StrictModel):
             raise ValueError(f"a {self.family} model has graphs {list(expected)}, got {names}")
         if ("context_log_prob" in names) != (self.context_check is not None):
             raise ValueError("a context_log_prob graph and a context_check record come together")
+        if isinstance(self.dataset, VectorSpec):
+            self._check_vector_graphs(self.dataset)
         listed = {f.path for f in self.files}
         for g in self.graphs:
             for fmt, path in g.files.items():
@@ -325,6 +329,32 @@ class Manifest(StrictModel):
             if type(value) is not int or value < least:
                 raise ValueError(f"family_info.{key} must be an integer >= {least} for a {self.family} model")
         return self
+
+    def _check_vector_graphs(self, spec: VectorSpec) -> None:
+        """A vector model's graphs take exactly what its spec says the engine feeds them, and
+        its outlier record holds only scores that apply to vectors: checked at load, not at
+        the first request."""
+        D, C = spec.dims, spec.context_dims
+        for g in self.graphs:
+            if g.name == "context_log_prob":
+                want = {"c": C}
+            else:
+                want = {("z" if g.name == "inverse" else "x"): D}
+                want.update({"c": C} if C else {})
+            got = {t.name: t.shape[-1] for t in g.inputs if t.name != "y"}
+            if got != want or any(t.name == "y" for t in g.inputs) != (
+                self.conditioning.conditional and g.name != "context_log_prob"
+            ):
+                raise ValueError(
+                    f"graph {g.name} takes {sorted(got)} (widths {got}), but the data spec needs {want}"
+                )
+        cal = self.calibration
+        if cal is not None:
+            used = set(cal.scores) | set(cal.scores_given_labels or {}) | {cal.default_method}
+            if cal.background is not None or used & IMAGE_OUTLIER_METHODS:
+                raise ValueError(
+                    f"outlier methods {sorted(used & IMAGE_OUTLIER_METHODS)} apply to images only"
+                )
 
     @property
     def default_temperature(self) -> float:

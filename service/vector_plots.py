@@ -20,8 +20,10 @@ _BG, _FG, _INK, _MARK = (255, 255, 255), (30, 60, 140), (60, 60, 60), (200, 30, 
 def _ranges(values: np.ndarray) -> np.ndarray:
     """[N, D] -> [D, 2]: a range per feature holding all but the outer 0.5 % on each side."""
     lo, hi = np.percentile(values, [0.5, 99.5], axis=0)
-    pad = np.maximum((hi - lo) * 0.05, 1e-9)
-    return np.stack([lo - pad, hi + pad], axis=1)
+    # Halves first: (hi - lo) of two huge values of opposite sign would overflow.
+    pad = np.maximum((hi / 2 - lo / 2) * 0.1, 1e-9 * np.maximum(1.0, np.abs(hi)))
+    out = np.stack([lo - pad, hi + pad], axis=1)
+    return np.where(np.isfinite(out), out, np.stack([lo, hi], axis=1))
 
 
 def _heat(counts: np.ndarray) -> np.ndarray:
@@ -36,7 +38,12 @@ def pairs_png(samples: np.ndarray, names: list[str], reference: np.ndarray | Non
     the inputs a reconstruction started from) are marked in red."""
     D = min(samples.shape[1], MAX_FEATURES)
     data = samples[:, :D].astype(np.float64)
+    data = data[np.isfinite(data).all(axis=1)]
     marks = None if reference is None else reference[:, :D].astype(np.float64)
+    if marks is not None:
+        marks = marks[np.isfinite(marks).all(axis=1)]
+    if len(data) == 0:
+        data = np.zeros((1, D))
     ranges = _ranges(data if marks is None else np.concatenate([data, marks]))
     bins = PANEL // 2
     top = 14

@@ -62,10 +62,12 @@ class FeatureMap:
         u = x.copy()
         ld = np.zeros_like(x)
         if both.any():
+            # logit((x - a) / w) from the two distances to the ends: each is exact and
+            # positive strictly inside, where (x - a) / w can round to 0 or 1 near an end.
             width = self.high[both] - self.low[both]
-            p = (x[:, both] - self.low[both]) / width
-            u[:, both] = np.log(p) - np.log1p(-p)
-            ld[:, both] = -np.log(width) - np.log(p) - np.log1p(-p)
+            below, above = x[:, both] - self.low[both], self.high[both] - x[:, both]
+            u[:, both] = np.log(below) - np.log(above)
+            ld[:, both] = np.log(width) - np.log(below) - np.log(above)
         if lo_only.any():
             d = x[:, lo_only] - self.low[lo_only]
             u[:, lo_only] = np.log(d)

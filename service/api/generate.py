@@ -145,7 +145,7 @@ async def sample(request: Request) -> Response:
     req = validate_model(SampleRequest, await _json_body(request))
     model = _model_for(request, req.model, req.version)
     spec, engine, kind = model.manifest.dataset, model.engine, model.kind
-    limit = settings.sample_cap(model.manifest.family)
+    limit = settings.sample_cap(model.manifest.family, kind.name)
     if req.n > limit:
         raise InvalidInputError.field(["n"], f"must be at most {limit} for a {model.manifest.family} model")
     check_output_size(req.n, kind.values_per_row, settings.max_output_values, "n")
@@ -274,7 +274,8 @@ async def log_likelihood(request: Request) -> Response:
     engine.ensure_can_score()
     x = kind.check_inputs(raw, "inputs", settings.max_rows)
     labels = resolve_labels(req.labels, len(x), spec, engine.conditional, model.name)
-    context = kind.check_context(_optional_array(req.context, "context"), len(x), model.name)
+    sent = _optional_array(req.context, "context")
+    context = kind.check_context(sent, len(x), model.name)
     default_samples = int(manifest.family_info.get("default_samples", 1) or 1)
     samples = req.importance_samples or default_samples
     if samples > settings.max_importance_samples:
@@ -301,9 +302,11 @@ async def log_likelihood(request: Request) -> Response:
             req.seed,
             context,
         )
-        if context is not None and engine.checks_context:
-            for row, verdict in zip(outliers, await engine.context_outliers(context, req.alpha), strict=True):
-                row["context_outlier"] = verdict
+        if context is not None and sent is not None and engine.checks_context:
+            one = sent.ndim == 1 or len(sent) == 1  # one row sent for all: checked once
+            verdicts = await engine.context_outliers(context[:1] if one else context, req.alpha)
+            for i, row in enumerate(outliers):
+                row["context_outlier"] = verdicts[0 if one else i]
         return ll, outliers
 
     ll, outliers = await guarded(

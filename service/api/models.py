@@ -40,9 +40,9 @@ def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
     }
 
 
-def request_limits(settings: Settings, family: str) -> dict[str, Any]:
+def request_limits(settings: Settings, family: str, kind: str = "images") -> dict[str, Any]:
     """What this server accepts for the model: the caps a client would otherwise learn from a 4xx."""
-    samples = settings.sample_cap(family)
+    samples = settings.sample_cap(family, kind)
     limits: dict[str, Any] = {
         "max_samples": samples,
         "max_rows": settings.max_rows,
@@ -140,7 +140,7 @@ async def get_model(
                 "selected_by": "not recorded (store built before selection)",
             }
         ),
-        "limits": request_limits(request.app.state.settings, m.family),
+        "limits": request_limits(request.app.state.settings, m.family, m.dataset.kind),
         "evaluation": m.evaluation,
         "outlier_detection": outlier_description(model),
         "training": m.training.model_dump(),

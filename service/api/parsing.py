@@ -133,29 +133,31 @@ def array_from_npy(raw: bytes, field: str = "inputs") -> np.ndarray:
 def arrays_from_npz(raw: bytes, allowed: tuple[str, ...], limit: int) -> dict[str, np.ndarray]:
     """An application/x-npz body (numpy.savez) -> its arrays, each read like an .npy body.
 
-    Only the named arrays are accepted, and a member's declared size is checked against
-    `limit` before it is decompressed (a compressed member could otherwise expand a small
-    body without bound).
+    Only the named arrays are accepted, each once, and the members' declared sizes together
+    are checked against `limit` before anything is decompressed: deflate packs a lot of
+    zeros into a small body.
     """
     try:
         archive = zipfile.ZipFile(io.BytesIO(raw))
         members = archive.infolist()
-    except (zipfile.BadZipFile, OSError, ValueError):
+    except Exception:  # zipfile raises BadZipFile, NotImplementedError, ValueError, ...
         raise MalformedBodyError("the body is not a valid .npz archive") from None
-    out: dict[str, np.ndarray] = {}
-    for info in members:
-        name = info.filename.removesuffix(".npy")
+    names = [info.filename.removesuffix(".npy") for info in members]
+    for name in names:
         if name not in allowed:
             raise InvalidInputError.field(
                 [_short(name)], f"unknown array; an .npz body holds {', '.join(allowed)}"
             )
-        if info.file_size > limit:
-            raise PayloadTooLargeError(
-                f"{name}: {info.file_size} bytes unpacked is over the limit of {limit}"
-            )
+    if len(set(names)) != len(names):
+        raise MalformedBodyError("the .npz archive holds an array twice")
+    unpacked = sum(info.file_size for info in members)
+    if unpacked > limit:
+        raise PayloadTooLargeError(f"the .npz arrays unpack to {unpacked} bytes, over the limit of {limit}")
+    out: dict[str, np.ndarray] = {}
+    for name, info in zip(names, members, strict=True):
         try:
             data = archive.read(info)
-        except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        except Exception:  # corrupt data, encryption, an unknown compression, ...
             raise MalformedBodyError(f"the .npz member {name} cannot be read") from None
         out[name] = array_from_npy(data, name)
     return out

@@ -74,10 +74,12 @@ def fit_scaling(x: Float, support: list[Interval] | None, whiten: bool = False) 
     u, _ = FeatureMap.of(support, identity).unconstrain(x)
     scale = np.maximum(u.std(0), MIN_SCALE)
     white = None
-    if whiten and D > 1 and len(x) > D:
+    if whiten and D > 1 and len(x) > D and (u.std(0) > MIN_SCALE).all():
+        # (A constant feature has no correlation to remove: such data is left unwhitened.)
         corr = np.corrcoef((u - u.mean(0)) / scale, rowvar=False) + 1e-6 * np.eye(D)
         inv = np.linalg.inv(np.linalg.cholesky(corr))
-        white = np.tril(inv).tolist()
+        if np.isfinite(inv).all() and (np.diag(inv) > 0).all():
+            white = np.tril(inv).tolist()
     return Scaling(shift=u.mean(0).tolist(), scale=scale.tolist(), whitening=white)
 
 

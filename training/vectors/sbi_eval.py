@@ -60,8 +60,9 @@ def misspecification(engine: Any, task: Any, seed: int = 7) -> dict[str, Any]:
         out[name] = {"flagged": float((p <= ALPHA).mean()), "median_p": float(np.median(p))}
     # Uniformity of the simulator's own p-values: Kolmogorov-Smirnov distance to U(0, 1).
     p = np.sort([v["p_value"] for v in asyncio.run(engine.context_outliers(x, ALPHA))])
-    grid = np.arange(1, len(p) + 1) / len(p)
-    out["simulator"]["ks_distance"] = float(np.max(np.abs(grid - p)))
+    n = len(p)
+    upper, lower = np.arange(1, n + 1) / n - p, p - np.arange(n) / n
+    out["simulator"]["ks_distance"] = float(max(upper.max(), lower.max()))
     return out
 
 

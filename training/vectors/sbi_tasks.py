@@ -24,6 +24,7 @@ from service.vector_spec import Interval
 
 Float = NDArray[np.float64]
 REFERENCE = "sbibm (Lueckmann et al. 2021), re-implemented"
+MAX_REJECTION_ROUNDS = 2000
 
 
 @dataclass(frozen=True)
@@ -115,11 +116,19 @@ def _rejection(
     rng = np.random.default_rng([seed, 3])
     out: list[Float] = []
     have = 0
-    while have < n:
+    for _ in range(MAX_REJECTION_ROUNDS):
+        if have >= n:
+            break
         batch = draw(max(1024, 2 * (n - have)), rng)
         batch = batch[accept(batch)]
         out.append(batch)
         have += len(batch)
+    else:
+        if have < n:
+            raise ValueError(
+                f"rejection sampling accepted {have} of {n} draws in {MAX_REJECTION_ROUNDS} rounds: "
+                "an observation the simulator (almost) cannot produce"
+            )
     return np.concatenate(out)[:n]
 
 

@@ -77,3 +77,17 @@ def test_user_files(tmp_path: Path) -> None:
     np.savez(tmp_path / "nan.npz", x=np.array([[0.0, np.nan], [1.0, 2.0]]))
     with pytest.raises(DataError, match="NaN"):
         file_dataset(tmp_path / "nan.npz")
+
+
+def test_whitening_decorrelates_and_a_constant_feature_does_not_break_it() -> None:
+    from service.vector_transform import FeatureMap
+
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(500, 3))
+    x = base @ np.array([[1.0, 0.8, 0.0], [0.0, 0.6, 0.5], [0.0, 0.0, 1.0]])
+    scaling = fit_scaling(x, None, whiten=True)
+    assert scaling.whitening is not None
+    s, _ = FeatureMap.of(None, scaling).to_standard(x)
+    np.testing.assert_allclose(np.cov(s, rowvar=False, ddof=0), np.eye(3), atol=1e-3)
+    constant = np.column_stack([x, np.ones(500)])
+    assert fit_scaling(constant, None, whiten=True).whitening is None
