@@ -21,13 +21,14 @@ def store_list(store: StoreOption = None) -> None:
 
     ms = ModelStore(store_root(store))
     table = Table(title=str(ms.root))
-    for col in ("model", "versions", "family", "test bpd", "training", "created"):
+    for col in ("model", "versions", "family", "data", "test", "training", "created"):
         table.add_column(col)
     cut: list[str] = []
     for model in ms.names():
         try:
             m = ms.open(model, verify=False).manifest
-            bpd = m.evaluation.get("test_bpd")
+            bpd, nats = m.evaluation.get("test_bpd"), m.evaluation.get("test_log_likelihood")
+            test = f"{bpd:.3f} bpd" if bpd is not None else f"{nats:.3f} nats" if nats is not None else "—"
             t = m.training
             training = f"{t.epochs} epochs, {t.stopped}"
             if t.cut_short:
@@ -39,7 +40,8 @@ def store_list(store: StoreOption = None) -> None:
                 model,
                 ", ".join(map(str, ms.versions(model))),
                 m.family,
-                "—" if bpd is None else f"{bpd:.3f}",
+                m.dataset.kind,
+                test,
                 training,
                 m.created,
             )
@@ -48,7 +50,7 @@ def store_list(store: StoreOption = None) -> None:
                 versions = ", ".join(map(str, ms.versions(model)))
             except StoreError:  # the model folder itself cannot be read
                 versions = "?"
-            table.add_row(model, versions, "?", "?", "?", f"unreadable: {exc}")
+            table.add_row(model, versions, "?", "?", "?", "?", f"unreadable: {exc}")
     console.print(table)
     if cut:
         console.print(

@@ -302,7 +302,7 @@ async def log_likelihood(request: Request) -> Response:
             req.seed,
             context,
         )
-        if context is not None and sent is not None and engine.checks_context:
+        if context is not None and sent is not None and engine.checks_context and req.check_context:
             one = sent.ndim == 1 or len(sent) == 1  # one row sent for all: checked once
             verdicts = await engine.context_outliers(context[:1] if one else context, req.alpha)
             for i, row in enumerate(outliers):
@@ -317,16 +317,18 @@ async def log_likelihood(request: Request) -> Response:
     units = kind.row_units(ll.log_likelihood)
     names = spec.label_names or []
     posterior = ll.posterior
-    rows: list[dict[str, Any]] = []
-    for i in range(len(x)):
-        row: dict[str, Any] = {"log_likelihood": float(ll.log_likelihood[i])}
-        row.update((k, float(v[i])) for k, v in units.items())
-        if posterior is not None:
-            post = posterior[i]
-            row["label_posterior"] = dict(zip(names, post.tolist(), strict=True))
-            row["predicted_label"] = names[int(post.argmax())]
-        row.update(outliers[i])
-        rows.append(row)
+    # Whole columns to Python lists first (one C pass each), then one dict per row.
+    rows: list[dict[str, Any]] = [{"log_likelihood": v} for v in ll.log_likelihood.tolist()]
+    for key, column in units.items():
+        for row, v in zip(rows, column.tolist(), strict=True):
+            row[key] = v
+    if posterior is not None:
+        best = posterior.argmax(axis=1).tolist()
+        for row, post, top in zip(rows, posterior.tolist(), best, strict=True):
+            row["label_posterior"] = dict(zip(names, post, strict=True))
+            row["predicted_label"] = names[top]
+    for row, extra in zip(rows, outliers, strict=True):
+        row.update(extra)
     response = _json(
         {
             "model": model.name,

@@ -124,6 +124,11 @@ class LogLikelihoodRequest(RequestModel):
         lt=1.0,
         description="Also select outliers across the rows by Benjamini-Hochberg at this false-discovery rate",
     )
+    check_context: bool = Field(
+        default=True,
+        description="Vector models with a context check: check each row's context (one more graph "
+        "pass over the rows; false skips it, e.g. for bulk scoring of simulations).",
+    )
 
 
 class OutlierResult(BaseModel):
