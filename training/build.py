@@ -95,6 +95,31 @@ def _versions() -> dict[str, str]:
     }
 
 
+def training_fields(
+    config: dict[str, Any],
+    optimizer: dict[str, Any],
+    seed: int,
+    record: dict[str, Any],
+    key: str,
+    cut_short: bool,
+) -> dict[str, Any]:
+    """The manifest's `training` record from a run's settings and its fit() record."""
+    return {
+        "config": config,
+        "optimizer": optimizer,
+        "seed": seed,
+        "duration_s": float(record.get("duration_s", 0.0)),
+        "epochs": int(record.get("epochs", 0)),
+        "best_epoch": int(record.get("best_epoch", 0)),
+        "stopped": str(record.get("stopped", "")),
+        "device": str(record.get("device", "cpu")),
+        "checkpoint_key": key,
+        "max_epochs": record.get("max_epochs"),
+        "time_limit_minutes": record.get("time_limit_minutes"),
+        "cut_short": cut_short,
+    }
+
+
 def _up_to_date(store: ModelStore, name: str, build_key: str) -> ModelVersion | None:
     """The latest version if it was built from the same key and ran its course: a version
     a time limit cut short is what one machine reached in the time, so a build retries."""
@@ -158,20 +183,9 @@ def publish_model(
                 "calibration": splits.calibration.tolist(),
                 "test": splits.test.tolist(),
             },
-            "training": {
-                "config": info.config,
-                "optimizer": info.train,
-                "seed": info.split_seed,
-                "duration_s": float(rec.get("duration_s", 0.0)),
-                "epochs": int(rec.get("epochs", 0)),
-                "best_epoch": int(rec.get("best_epoch", 0)),
-                "stopped": str(rec.get("stopped", "")),
-                "device": str(rec.get("device", "cpu")),
-                "checkpoint_key": info.key,
-                "max_epochs": rec.get("max_epochs"),
-                "time_limit_minutes": rec.get("time_limit_minutes"),
-                "cut_short": info.cut_short,
-            },
+            "training": training_fields(
+                info.config, info.train, info.split_seed, rec, info.key, info.cut_short
+            ),
             "versions": _versions(),
             "build_key": build_key,
         }

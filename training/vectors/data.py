@@ -213,18 +213,7 @@ def _npz_dataset(path: Path) -> VectorDataset:
         if len(y) != len(x) or y.min() < 0:
             raise DataError("y must hold one non-negative class index per row of x")
         labels = labels or [str(i) for i in range(int(y.max()) + 1)]
-    return VectorDataset(
-        name=path.stem,
-        source=str(path),
-        x=x,
-        features=names,
-        support=[Interval() for _ in names],
-        density="p(x | context)" if c is not None else "p(x)",
-        y=y,
-        label_names=labels,
-        context=c,
-        context_names=c_names,
-    )
+    return _user_dataset(path, x, names, y, labels, c, c_names)
 
 
 def _csv_dataset(
@@ -255,17 +244,30 @@ def _csv_dataset(
         raw = [r[header.index(label)] for r in body]
         labels = sorted(set(raw))
         y = np.array([labels.index(v) for v in raw], dtype=np.int64)
+    return _user_dataset(path, x, chosen, y, labels, c, chosen_context or None)
+
+
+def _user_dataset(
+    path: Path,
+    x: Float,
+    names: list[str],
+    y: NDArray[np.int64] | None,
+    labels: list[str] | None,
+    c: Float | None,
+    c_names: list[str] | None,
+) -> VectorDataset:
+    """A user's vectors: every feature on the real line (no known support)."""
     return VectorDataset(
         name=path.stem,
         source=str(path),
         x=x,
-        features=chosen,
-        support=[Interval() for _ in chosen],
+        features=names,
+        support=[Interval() for _ in names],
         density="p(x | context)" if c is not None else "p(x)",
         y=y,
         label_names=labels,
         context=c,
-        context_names=chosen_context or None,
+        context_names=c_names,
     )
 
 

@@ -26,7 +26,7 @@ from service.outliers import Evidence, available_methods, calibration_scores, me
 from service.runtime import open_backend
 from service.store import ModelStore, ModelVersion
 
-from ..build import _up_to_date, _versions, check_same_kind, export_fingerprint
+from ..build import _up_to_date, _versions, check_same_kind, export_fingerprint, training_fields
 from ..build_jobs import BuildOutcome
 from ..checkpoint import run_key
 from ..export import export_graphs
@@ -192,20 +192,14 @@ def publish_vectors(
                 "calibration": result.splits.calibration.tolist(),
                 "test": result.splits.test.tolist(),
             },
-            "training": {
-                "config": result.config.model_dump(mode="json"),
-                "optimizer": result.train.model_dump(mode="json"),
-                "seed": seed,
-                "duration_s": float(rec.get("duration_s", 0.0)),
-                "epochs": int(rec.get("epochs", 0)),
-                "best_epoch": int(rec.get("best_epoch", 0)),
-                "stopped": str(rec.get("stopped", "")),
-                "device": str(rec.get("device", "cpu")),
-                "checkpoint_key": result.key,
-                "max_epochs": rec.get("max_epochs"),
-                "time_limit_minutes": rec.get("time_limit_minutes"),
-                "cut_short": bool(rec.get("cut_short", False)),
-            },
+            "training": training_fields(
+                result.config.model_dump(mode="json"),
+                result.train.model_dump(mode="json"),
+                seed,
+                rec,
+                result.key,
+                bool(rec.get("cut_short", False)),
+            ),
             "versions": _versions(),
             "build_key": build_key,
         }

@@ -102,6 +102,22 @@ class BoxPrior:
         return f"uniform on [{self.low:g}, {self.high:g}]^{self.dims}"
 
 
+class BoxPriorTask(SBITask):
+    """A task whose prior is a uniform box (`prior`, set by the subclass)."""
+
+    prior: BoxPrior
+
+    @property
+    def support(self) -> list[Interval]:
+        return self.prior.support()
+
+    def sample_prior(self, n: int, rng: np.random.Generator) -> Float:
+        return self.prior.sample(n, rng)
+
+    def log_prior(self, theta: Float) -> Float:
+        return self.prior.log_prob(theta)
+
+
 def _names(stem: str, n: int) -> list[str]:
     return [f"{stem}_{i + 1}" for i in range(n)]
 
@@ -132,7 +148,7 @@ def _rejection(
     return np.concatenate(out)[:n]
 
 
-class TwoMoons(SBITask):
+class TwoMoons(BoxPriorTask):
     """Two moons: a crescent-shaped, bimodal posterior in 2-D (sbibm `two_moons`)."""
 
     name = "two_moons"
@@ -143,16 +159,6 @@ class TwoMoons(SBITask):
     def __init__(self) -> None:
         self.prior = BoxPrior(-1.0, 1.0, 2)
         self.prior_text = self.prior.text()
-
-    @property
-    def support(self) -> list[Interval]:
-        return self.prior.support()
-
-    def sample_prior(self, n: int, rng: np.random.Generator) -> Float:
-        return self.prior.sample(n, rng)
-
-    def log_prior(self, theta: Float) -> Float:
-        return self.prior.log_prob(theta)
 
     def _noise(self, n: int, rng: np.random.Generator) -> Float:
         """p = (r cos a + 0.25, r sin a): the simulator's noise, [n, 2]."""
@@ -246,7 +252,7 @@ class GaussianLinear(SBITask):
         return mean + math.sqrt(var) * rng.standard_normal((n, self.DIMS))
 
 
-class GaussianMixture(SBITask):
+class GaussianMixture(BoxPriorTask):
     """Gaussian mixture in 2-D: x ~ ½ N(θ, I) + ½ N(θ, 0.01 I), θ uniform on [-10, 10]^2
     (sbibm `gaussian_mixture`): a broad and a sharp component around the same mean."""
 
@@ -258,16 +264,6 @@ class GaussianMixture(SBITask):
     def __init__(self) -> None:
         self.prior = BoxPrior(-10.0, 10.0, 2)
         self.prior_text = self.prior.text()
-
-    @property
-    def support(self) -> list[Interval]:
-        return self.prior.support()
-
-    def sample_prior(self, n: int, rng: np.random.Generator) -> Float:
-        return self.prior.sample(n, rng)
-
-    def log_prior(self, theta: Float) -> Float:
-        return self.prior.log_prob(theta)
 
     def simulate(self, theta: Float, rng: np.random.Generator) -> Float:
         scale = np.asarray(self.SCALES)[rng.integers(0, 2, size=len(theta))]
@@ -291,7 +287,7 @@ class GaussianMixture(SBITask):
         return _rejection(draw, lambda t: np.isfinite(self.prior.log_prob(t)), n, seed)
 
 
-class SLCP(SBITask):
+class SLCP(BoxPriorTask):
     """Simple likelihood, complex posterior (sbibm `slcp`): 4 draws from a 2-D Gaussian whose
     mean, scales and correlation are functions of 5 parameters; θ uniform on [-3, 3]^5.
     The scales are θ3² and θ4², so the posterior has up to four symmetric modes."""
@@ -304,16 +300,6 @@ class SLCP(SBITask):
         self.prior = BoxPrior(-3.0, 3.0, 5)
         self.prior_text = self.prior.text()
         self.observations = [f"x_{d + 1}_{k}" for d in range(self.DRAWS) for k in ("a", "b")]
-
-    @property
-    def support(self) -> list[Interval]:
-        return self.prior.support()
-
-    def sample_prior(self, n: int, rng: np.random.Generator) -> Float:
-        return self.prior.sample(n, rng)
-
-    def log_prior(self, theta: Float) -> Float:
-        return self.prior.log_prob(theta)
 
     def _gaussian(self, theta: Float) -> tuple[Float, Float]:
         """Means [n, 2] and covariances [n, 2, 2] (sbibm adds 1e-6 to the diagonal)."""
