@@ -655,7 +655,7 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
     }
     assert documented["/log-likelihood"] == {
         "model", "version", "timeout", "labels", "importance_samples", "seed", "alpha",
-        "outlier_method", "all_outlier_methods", "fdr", "context",
+        "outlier_method", "all_outlier_methods", "fdr", "context", "check_context",
     }  # fmt: skip
     assert documented["/reconstruct"] == {
         "model",
@@ -670,6 +670,7 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
     every = {
         "model": "vae-digits", "version": version, "timeout": 30, "labels": "1", "importance_samples": 4,
         "seed": 1, "alpha": 0.1, "outlier_method": "nll", "all_outlier_methods": "true", "fdr": 0.1,
+        "check_context": "true",  # vector models' context check: a no-op on images
     }  # fmt: skip
     assert set(every) == documented["/log-likelihood"] - {"context"}  # vector models only
     query = "&".join(f"{k}={v}" for k, v in every.items())
