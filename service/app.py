@@ -20,6 +20,7 @@ from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers
 from .batching import Batcher
 from .config import Settings, load_settings
+from .core import Operations
 from .lifecycle import Lifecycle, LifecycleMiddleware
 from .metrics import Metrics
 from .registry import Registry
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         batcher = Batcher(metrics, lanes=thread_layout(settings.threads, settings.lanes)[1])
         registry = Registry(settings, batcher, metrics)
         app.state.registry = registry
+        app.state.operations = Operations(registry, settings, metrics, lifecycle)
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
         await registry.warm_up()
         # Live but not ready on a bad store: the process stays up so an orchestrator can

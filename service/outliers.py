@@ -315,6 +315,73 @@ def _reference(cal: CalibrationRecord, given_labels: bool) -> tuple[dict[str, li
     return cal.scores, cal.stats
 
 
+@dataclass(frozen=True)
+class Verdicts:
+    """One outlier method's verdict on every row of a request, as columns.
+
+    Columns, not per-row objects: a 10,000-row request is answered as arrays (an .npz, OIP
+    tensors) without a Python object per row; `rows()` builds the JSON rows in one pass.
+    """
+
+    method: str
+    score: FloatArray  # [N] larger = more anomalous
+    p_value: FloatArray  # [N] conformal p-values
+    alpha: float
+    fdr: float | None = None
+    bh_selected: NDArray[np.bool_] | None = None  # [N] with fdr: Benjamini-Hochberg's selection
+
+    @property
+    def is_outlier(self) -> NDArray[np.bool_]:
+        """[N] p_value <= alpha."""
+        return np.asarray(self.p_value <= self.alpha)
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One JSON object per row (whole columns to Python lists first, one C pass each)."""
+        m, alpha = self.method, self.alpha
+        flags = self.is_outlier.tolist()
+        if self.bh_selected is None:
+            return [
+                {"method": m, "score": s, "p_value": p, "is_outlier": f, "alpha": alpha}
+                for s, p, f in zip(self.score.tolist(), self.p_value.tolist(), flags, strict=True)
+            ]
+        fdr = self.fdr
+        return [
+            {
+                "method": m,
+                "score": s,
+                "p_value": p,
+                "is_outlier": f,
+                "alpha": alpha,
+                "fdr": fdr,
+                "bh_selected": b,
+            }
+            for s, p, f, b in zip(
+                self.score.tolist(), self.p_value.tolist(), flags, self.bh_selected.tolist(), strict=True
+            )
+        ]
+
+
+@dataclass(frozen=True)
+class OutlierReport:
+    """The outlier verdicts of a request: the chosen method's, and every method's when asked."""
+
+    rows_count: int
+    chosen: Verdicts | None = None  # None: the model has no calibration
+    every: tuple[Verdicts, ...] | None = None  # all methods, sorted by name, when asked for
+
+    def rows(self) -> list[dict[str, Any]]:
+        """Per row, {"outlier": {...}} (and {"outliers": [...]} when every method was asked for)."""
+        if self.chosen is None:
+            return [{} for _ in range(self.rows_count)]
+        chosen = self.chosen.rows()
+        if self.every is None:
+            return [{"outlier": block} for block in chosen]
+        columns = [v.rows() if v.method != self.chosen.method else chosen for v in self.every]
+        return [
+            {"outlier": chosen[i], "outliers": [col[i] for col in columns]} for i in range(self.rows_count)
+        ]
+
+
 async def outlier_results(
     engine: Engine,
     manifest: Manifest,
@@ -328,15 +395,15 @@ async def outlier_results(
     fdr: float | None = None,
     seed: int = 0,
     context: np.ndarray | None = None,
-) -> list[dict[str, Any]]:
-    """Per row, {"outlier": {...}} (and {"outliers": [...]} when all methods are asked for).
+) -> OutlierReport:
+    """The chosen method's verdicts on each row (and every method's when `all_methods`).
 
     A row's score and p-value depend only on that row; with `fdr`, each verdict also
     carries the batch's Benjamini-Hochberg selection for that method.
     """
     cal = manifest.calibration
     if cal is None:
-        return [{} for _ in range(len(x))]
+        return OutlierReport(len(x))
     chosen = cal.default_method if method is None else method  # "" is a mistake, not "default"
     if chosen not in cal.scores or chosen not in METHODS:
         known = ", ".join(sorted(m for m in cal.scores if m in METHODS))
@@ -356,36 +423,11 @@ async def outlier_results(
     evidence = Evidence.of(ll, x)
     spec = manifest.dataset
     methods = sorted(m for m in table if m in METHODS) if all_methods else [chosen]
-    per_method: dict[str, tuple[FloatArray, FloatArray, NDArray[np.bool_] | None]] = {}
+    verdicts: dict[str, Verdicts] = {}
     for m in methods:
         s = score(m, evidence, spec, stats.get(m, {}), cal.background)
         p = conformal_p_values(np.asarray(table[m]), s)
-        per_method[m] = (s, p, None if fdr is None else benjamini_hochberg(p, fdr))
-    # Columns to Python lists in one C pass each, then one dict per row: a 10,000-row
-    # request spends its time in the model, not in per-element float() calls.
-    columns: dict[str, list[dict[str, Any]]] = {}
-    for m, (s, p, bh) in per_method.items():
-        flags = (p <= alpha).tolist()
-        if bh is None:
-            columns[m] = [
-                {"method": m, "score": sc, "p_value": pv, "is_outlier": f, "alpha": alpha}
-                for sc, pv, f in zip(s.tolist(), p.tolist(), flags, strict=True)
-            ]
-        else:
-            columns[m] = [
-                {
-                    "method": m,
-                    "score": sc,
-                    "p_value": pv,
-                    "is_outlier": f,
-                    "alpha": alpha,
-                    "fdr": fdr,
-                    "bh_selected": b,
-                }
-                for sc, pv, f, b in zip(s.tolist(), p.tolist(), flags, bh.tolist(), strict=True)
-            ]
-    if not all_methods:
-        return [{"outlier": block} for block in columns[chosen]]
-    return [
-        {"outlier": columns[chosen][i], "outliers": [columns[m][i] for m in methods]} for i in range(len(x))
-    ]
+        bh = None if fdr is None else benjamini_hochberg(p, fdr)
+        verdicts[m] = Verdicts(m, s, p, alpha, fdr, bh)
+    every = tuple(verdicts[m] for m in methods) if all_methods else None
+    return OutlierReport(len(x), verdicts[chosen], every)

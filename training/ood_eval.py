@@ -158,10 +158,9 @@ def _calibration_checks(
         res = asyncio.run(
             outlier_results(scored.engine, manifest, x, lab, ll, scored.samples, 0.05, None, True)
         )
+        by_method = {v.method: v for v in res.every or ()}
         for m in methods:
-            blocks = [next(o for o in r["outliers"] if o["method"] == m) for r in res]
-            p_values = np.array([o["p_value"] for o in blocks])
-            test_scores = np.array([o["score"] for o in blocks])
+            p_values, test_scores = by_method[m].p_value, by_method[m].score
             checks.append(
                 CalibrationCheck(
                     model=name,

@@ -21,7 +21,6 @@ from numpy.lib import format as npy_format
 from pydantic import BaseModel, ValidationError
 
 from ..errors import FieldError, InvalidInputError, MalformedBodyError, PayloadTooLargeError
-from ..manifest import DatasetSpec, VectorSpec
 
 M = TypeVar("M", bound=BaseModel)
 # A class index in a query string: ASCII digits only (str.isdigit also accepts '²'), and
@@ -161,69 +160,3 @@ def arrays_from_npz(raw: bytes, allowed: tuple[str, ...], limit: int) -> dict[st
             raise MalformedBodyError(f"the .npz member {name} cannot be read") from None
         out[name] = array_from_npy(data, name)
     return out
-
-
-def check_mask(value: Any, images: np.ndarray, field: str = "mask") -> np.ndarray | None:
-    """A 0/1 mask shaped like the images (or [N, H, W] for one channel)."""
-    if value is None:
-        return None
-    arr = array_from_json(value, field)
-    if arr.ndim == images.ndim - 1 and images.shape[1] == 1:
-        arr = arr[:, None]
-    if arr.shape != images.shape:
-        raise InvalidInputError.field([field], f"must have the inputs' shape {list(images.shape)}")
-    if not np.isin(arr, (0, 1)).all():
-        raise InvalidInputError.field([field], "values must be 0 (fill in) or 1 (known)")
-    return arr.astype(bool)
-
-
-def resolve_labels(
-    labels: int | str | list[int | str] | None,
-    rows: int,
-    spec: DatasetSpec | VectorSpec,
-    conditional: bool,
-    model: str,
-) -> np.ndarray | None:
-    """Class indices or names (one for all rows, or one per row) -> int64 [rows]."""
-    if labels is None:
-        return None
-    if not conditional:
-        raise InvalidInputError.field(["labels"], f"model {model} is unconditional and takes no labels")
-    index = spec.label_index
-    if not isinstance(labels, list):
-        # One label for every row: validated once, so a 10,000-row request pays for one.
-        return np.full(rows, _label_index(labels, ["labels"], index, spec.num_classes, model), dtype=np.int64)
-    if len(labels) != rows:
-        raise InvalidInputError.field(
-            ["labels"],
-            f"has {len(labels)} entries for {rows} row{'s' if rows > 1 else ''} "
-            + ("(give one)" if rows == 1 else f"(give 1 or {rows})"),
-        )
-    return np.array(
-        [_label_index(item, ["labels", i], index, spec.num_classes, model) for i, item in enumerate(labels)],
-        dtype=np.int64,
-    )
-
-
-def _label_index(
-    item: int | str, loc: list[str | int], index: dict[str, int], classes: int, model: str
-) -> int:
-    """One class index (0..classes-1) or name (`index`: name -> class index) -> its index;
-    anything else is an InvalidInputError at `loc`."""
-    if isinstance(item, bool):
-        raise InvalidInputError.field(loc, "must be a class index or name")
-    if isinstance(item, int):
-        if not 0 <= item < classes:
-            raise InvalidInputError.field(loc, f"class index out of range 0..{classes - 1}")
-        return item
-    if item in index:
-        return index[item]
-    raise InvalidInputError.field(loc, f"unknown class name (GET /models/{model} lists them)")
-
-
-def check_output_size(rows: int, per_row: int, limit: int, field: str) -> None:
-    """Refuse requests whose response would carry more than `limit` numbers."""
-    if rows * per_row > limit:
-        raise PayloadTooLargeError(
-            f"{field}: the response would hold {rows * per_row} values, over the limit of {limit}"
-        )

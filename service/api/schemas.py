@@ -129,6 +129,12 @@ class LogLikelihoodRequest(RequestModel):
         description="Vector models with a context check: check each row's context (one more graph "
         "pass over the rows; false skips it, e.g. for bulk scoring of simulations).",
     )
+    format: Literal["json", "npz"] = Field(
+        default="json",
+        description="json: one object per row; npz: every per-row output as a named array "
+        "(log_likelihood, bits_per_dim, posterior, predicted_label, outlier_score, outlier_p_value, "
+        "is_outlier, context_p_value, ...), the estimator and seed in X-Genserve-* headers.",
+    )
 
 
 class OutlierResult(BaseModel):

@@ -10,13 +10,16 @@ from __future__ import annotations
 import math
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError, UnsupportedOperationError
 from ..manifest import DatasetSpec, Manifest, VectorSpec
+
+if TYPE_CHECKING:  # outliers.py imports the engines' Likelihood
+    from ..outliers import Verdicts
 
 Arrays = dict[str, np.ndarray]
 IntImages = NDArray[np.int64]
@@ -231,7 +234,7 @@ class Engine:
 
     checks_context: bool = False  # True: context_outliers says whether a context is unusual
 
-    async def context_outliers(self, context: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+    async def context_outliers(self, context: np.ndarray, alpha: float) -> Verdicts:
         """Per context row: is it one the training data could have produced (score, p-value)?"""
         raise UnsupportedOperationError(f"{self.family} models have no context check")
 

@@ -9,13 +9,12 @@ likelihood's parameters θ) the flow is a conditional density: p(features | cont
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
 
 from ..manifest import Manifest, VectorSpec
-from ..outliers import conformal_p_values
+from ..outliers import Verdicts, conformal_p_values
 from ..vector_transform import FeatureMap
 from .base import Arrays, Engine, GraphCaller, Reconstruction
 
@@ -88,23 +87,13 @@ class VectorFlowEngine(Engine):
         lp = (await self.call_rows("context_log_prob", {"c": c.astype(np.float32)}))["log_prob"]
         return -(lp.astype(np.float64) + log_det)
 
-    async def context_outliers(self, context: np.ndarray, alpha: float) -> list[dict[str, Any]]:
+    async def context_outliers(self, context: np.ndarray, alpha: float) -> Verdicts:
         """Per context row [N, C]: its negative log-density under the training contexts' flow
         (nats, raw units), the conformal p-value against held-out contexts, and the verdict."""
         check = self.manifest.context_check
         assert check is not None, "checks_context says when there is a check"
         nll = await self.context_nll(context)
-        p = conformal_p_values(np.asarray(check.scores), nll)
-        return [
-            {
-                "method": check.method,
-                "score": float(s),
-                "p_value": float(q),
-                "is_outlier": bool(q <= alpha),
-                "alpha": alpha,
-            }
-            for s, q in zip(nll, p, strict=True)
-        ]
+        return Verdicts(check.method, nll, conformal_p_values(np.asarray(check.scores), nll), alpha)
 
     async def reconstruct(
         self,

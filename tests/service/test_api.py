@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.api.parsing import resolve_labels
 from service.config import Settings
+from service.core.validation import resolve_labels
 from service.errors import InvalidInputError
 from service.manifest import DatasetSpec
 from service.outliers import METHODS
@@ -655,7 +655,7 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
     }
     assert documented["/log-likelihood"] == {
         "model", "version", "timeout", "labels", "importance_samples", "seed", "alpha",
-        "outlier_method", "all_outlier_methods", "fdr", "context", "check_context",
+        "outlier_method", "all_outlier_methods", "fdr", "context", "check_context", "format",
     }  # fmt: skip
     assert documented["/reconstruct"] == {
         "model",
@@ -671,12 +671,17 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
         "model": "vae-digits", "version": version, "timeout": 30, "labels": "1", "importance_samples": 4,
         "seed": 1, "alpha": 0.1, "outlier_method": "nll", "all_outlier_methods": "true", "fdr": 0.1,
         "check_context": "true",  # vector models' context check: a no-op on images
+        "format": "json",
     }  # fmt: skip
     assert set(every) == documented["/log-likelihood"] - {"context"}  # vector models only
     query = "&".join(f"{k}={v}" for k, v in every.items())
     r = client.post_npy(f"/log-likelihood?{query}", digits[:2].astype(np.uint8))
     assert r.status_code == 200, r.text
     assert r.json()["results"][0]["outliers"]
+    columns = client.post_npy(f"/log-likelihood?{query.replace('format=json', 'format=npz')}", digits[:2])
+    assert columns.status_code == 200, columns.text
+    arrays = np.load(io.BytesIO(columns.content), allow_pickle=False)
+    assert arrays["bits_per_dim"].tolist() == [row["bits_per_dim"] for row in r.json()["results"]]
 
 
 def test_a_mask_is_no_field_of_scoring(client: Client, digits: np.ndarray) -> None:

@@ -223,3 +223,53 @@ def test_an_npz_body_carries_inputs_and_a_context_per_row(client: Client) -> Non
     with zipfile.ZipFile(big, "w", compression=zipfile.ZIP_DEFLATED) as z:
         z.writestr("inputs.npy", bytes(70 * 1024 * 1024))
     assert_problem(client.post(f"/log-likelihood?model={NPE}", content=big.getvalue(), headers=headers), 413)
+
+
+def test_npz_answers_carry_the_same_numbers_as_json_rows_as_columns(client: Client) -> None:
+    theta = np.array([[0.1, 0.2], [-0.4, 0.4], [0.0, 0.0]])
+    ctx = np.array([X_O, [0.1, -0.3], [5.0, 5.0]])
+    headers = {"content-type": "application/x-npz"}
+    r = client.post(
+        f"/log-likelihood?model={NPE}&format=npz", content=_npz(inputs=theta, context=ctx), headers=headers
+    )
+    assert r.status_code == 200, r.text
+    assert r.headers["content-type"] == "application/x-npz"
+    assert r.headers["x-genserve-estimator"].startswith("exact") and r.headers["x-genserve-seed"] == "0"
+    cols = dict(np.load(io.BytesIO(r.content), allow_pickle=False))
+    rows = client.post(
+        "/log-likelihood", json={"model": NPE, "inputs": theta.tolist(), "context": ctx.tolist()}
+    ).json()["results"]
+    assert cols["log_likelihood"].tolist() == [row["log_likelihood"] for row in rows]
+    assert cols["outlier_p_value"].tolist() == [row["outlier"]["p_value"] for row in rows]
+    assert cols["is_outlier"].dtype == bool
+    assert cols["is_outlier"].tolist() == [row["outlier"]["is_outlier"] for row in rows]
+    assert cols["context_p_value"].tolist() == [row["context_outlier"]["p_value"] for row in rows]
+    assert cols["context_is_outlier"].tolist() == [False, False, True]
+    # a context sent once is checked once and its verdict repeated on every row
+    once = client.post(
+        f"/log-likelihood?model={NPE}&format=npz&context=0.3,0.55",
+        content=_npy(theta),
+        headers={"content-type": "application/x-npy"},
+    )
+    assert np.load(io.BytesIO(once.content))["context_p_value"].shape == (3,)
+
+
+def test_npz_answers_of_a_labelled_table_hold_the_posterior_and_every_method(client: Client) -> None:
+    from sklearn.datasets import load_wine
+
+    x = load_wine().data[:4]
+    body = {"model": TAB, "inputs": x.tolist(), "all_outlier_methods": True, "fdr": 0.1}
+    rows = client.post("/log-likelihood", json=body).json()["results"]
+    r = client.post("/log-likelihood", json={**body, "format": "npz"})
+    assert r.status_code == 200, r.text
+    assert r.headers["x-genserve-marginal"] == "true"
+    cols = dict(np.load(io.BytesIO(r.content), allow_pickle=False))
+    assert cols["posterior"].shape == (4, 3)
+    assert np.allclose(cols["posterior"][0], list(rows[0]["label_posterior"].values()))
+    names = ["class_0", "class_1", "class_2"]
+    assert [names[i] for i in cols["predicted_label"]] == [row["predicted_label"] for row in rows]
+    for verdict in rows[0]["outliers"]:
+        m = verdict["method"]
+        assert cols[f"outlier_score.{m}"][0] == verdict["score"]
+        assert cols[f"bh_selected.{m}"][0] == verdict["bh_selected"]
+    assert cols["bh_selected"].tolist() == [row["outlier"]["bh_selected"] for row in rows]

@@ -14,10 +14,11 @@ import httpx
 import numpy as np
 import pytest
 
-from service.api.execution import ClientGoneError, guarded
+from service.api.execution import request_gone
 from service.app import create_app
 from service.batching import Batcher, BatchLimits, row_parts
 from service.config import Settings
+from service.core.calls import ClientGoneError, guarded
 from service.errors import DeadlineExceededError, OverloadedError
 from training.data import load_dataset
 
@@ -225,9 +226,9 @@ def test_calls_merge_by_work_units_not_rows() -> None:
 
 
 class FakeRequest:
-    """Just enough of a Starlette request for guarded(): the receive channel delivers
-    `http.disconnect` after `after` seconds (never when None), as an ASGI server does once
-    the body has been read."""
+    """Just enough of a Starlette request for the REST front's disconnect watcher: the
+    receive channel delivers `http.disconnect` after `after` seconds (never when None), as
+    an ASGI server does once the body has been read."""
 
     def __init__(self, after: float | None) -> None:
         self.after = after
@@ -264,9 +265,8 @@ def test_disconnect_stops_a_sampling_loop_early(tiny_store: Path) -> None:
 
     async def main() -> None:
         with pytest.raises(ClientGoneError):
-            await guarded(
-                FakeRequest(after=0.1), engine.sample(2, np.array([1, 2]), rng), timeout=30, poll=0.01
-            )
+            gone = FakeRequest(after=0.1)
+            await guarded(engine.sample(2, np.array([1, 2]), rng), 30, lambda: request_gone(gone))  # type: ignore[arg-type]
         stopped_at = steps[0]
         await asyncio.sleep(0.1)
         assert steps[0] == stopped_at  # nothing more ran after the disconnect
@@ -281,7 +281,8 @@ def test_deadline_gives_504_and_stops_the_loop(tiny_store: Path) -> None:
 
     async def main() -> None:
         with pytest.raises(DeadlineExceededError):
-            await guarded(FakeRequest(after=None), engine.sample(2, np.array([1, 2]), rng), timeout=0.1)
+            gone = FakeRequest(after=None)
+            await guarded(engine.sample(2, np.array([1, 2]), rng), 0.1, lambda: request_gone(gone))  # type: ignore[arg-type]
 
     asyncio.run(main())
     assert steps[0] < 64

@@ -56,10 +56,10 @@ def misspecification(engine: Any, task: Any, seed: int = 7) -> dict[str, Any]:
     sets = {"simulator": x, **perturbations(x, spread, rng)}
     out: dict[str, Any] = {"alpha": ALPHA, "observations": CHECKED}
     for name, obs in sets.items():
-        p = np.array([v["p_value"] for v in asyncio.run(engine.context_outliers(obs, ALPHA))])
+        p = asyncio.run(engine.context_outliers(obs, ALPHA)).p_value
         out[name] = {"flagged": float((p <= ALPHA).mean()), "median_p": float(np.median(p))}
     # Uniformity of the simulator's own p-values: Kolmogorov-Smirnov distance to U(0, 1).
-    p = np.sort([v["p_value"] for v in asyncio.run(engine.context_outliers(x, ALPHA))])
+    p = np.sort(asyncio.run(engine.context_outliers(x, ALPHA)).p_value)
     n = len(p)
     upper, lower = np.arange(1, n + 1) / n - p, p - np.arange(n) / n
     out["simulator"]["ks_distance"] = float(max(upper.max(), lower.max()))
