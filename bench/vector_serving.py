@@ -7,7 +7,8 @@ Two workloads on an NPE posterior (issue 28's acceptance):
 - V1: 10,000 posterior draws for one observation (`/sample` n=10000, one context row,
   format npy);
 - V2: scoring 10,000 (θ, x) pairs, one context per row (`/log-likelihood`, an .npz body
-  with `inputs` and `context`; and the same as JSON).
+  with `inputs` and `context` answered as .npz columns (format=npz); the same body answered
+  as JSON rows; and all of it as JSON).
 
 The limit is the same engine calls in this process, through the same runtime with the
 server's thread layout (bench.serving.Limit): what the server could do with no HTTP, no
@@ -79,6 +80,14 @@ def main() -> None:
         lim_l = ROWS / float(np.median(timed(limit_score, a.duration)))
         by_npz = load(
             server.port,
+            f"/log-likelihood?model={a.model}&check_context=false&format=npz",
+            npz(inputs=theta, context=x),
+            1,
+            a.duration,
+            "application/x-npz",
+        )
+        npz_to_json = load(
+            server.port,
             f"/log-likelihood?model={a.model}&check_context=false",
             npz(inputs=theta, context=x),
             1,
@@ -92,7 +101,7 @@ def main() -> None:
         # With the context check (the default): one more graph pass, so its limit does both.
         with_check = load(
             server.port,
-            f"/log-likelihood?model={a.model}",
+            f"/log-likelihood?model={a.model}&format=npz",
             npz(inputs=theta, context=x),
             1,
             a.duration,
@@ -108,9 +117,11 @@ def main() -> None:
             "limit_rows_per_s": lim_l,
             "npz_rows_per_s": ROWS * by_npz["throughput_rps"],
             "npz_ratio": ROWS * by_npz["throughput_rps"] / lim_l,
+            "npz_in_json_out_ratio": ROWS * npz_to_json["throughput_rps"] / lim_l,
             "json_rows_per_s": ROWS * by_json["throughput_rps"],
             "json_ratio": ROWS * by_json["throughput_rps"] / lim_l,
             "npz": by_npz,
+            "npz_in_json_out": npz_to_json,
             "json": by_json,
             "with_context_check": {
                 "limit_rows_per_s": lim_both,
@@ -125,7 +136,8 @@ def main() -> None:
     check = v2["with_context_check"]
     print(
         f"V2 10,000 (θ, x) pairs: limit {v2['limit_rows_per_s']:.0f} rows/s, npz {v2['npz_ratio']:.2f}x, "
-        f"json {v2['json_ratio']:.2f}x; with the context check: limit "
+        f"npz in json out {v2['npz_in_json_out_ratio']:.2f}x, json {v2['json_ratio']:.2f}x; "
+        f"with the context check: limit "
         f"{check['limit_rows_per_s']:.0f} rows/s, npz {check['npz_ratio']:.2f}x"
     )
     if a.out:

@@ -17,12 +17,14 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from . import __version__
 from .api import generate, health, models
 from .api.bodylimit import BodyLimitMiddleware
-from .api.errors import install_error_handlers
+from .api.errors import install_error_handlers, is_oip
 from .batching import Batcher
 from .config import Settings, load_settings
 from .core import Operations
-from .lifecycle import Lifecycle, LifecycleMiddleware
+from .lifecycle import Lifecycle, LifecycleMiddleware, is_model_work
 from .metrics import Metrics
+from .oip import rest as oip_rest
+from .oip.dataplane import DataPlane
 from .registry import Registry
 from .resources import thread_layout
 
@@ -39,6 +41,17 @@ _ENDPOINTS = {
 }
 
 
+def _endpoint(path: str) -> str:
+    """The metrics label of a path: only fixed strings, never what a client typed."""
+    if path in _ENDPOINTS:
+        return path
+    if path.startswith("/models/"):
+        return "/models/{name}"
+    if is_oip(path):
+        return "/v2/infer" if is_model_work(path) else "/v2"
+    return "other"
+
+
 class MetricsMiddleware:
     """Counts requests and times them, labelled by model, version, endpoint and status."""
 
@@ -51,9 +64,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, send)
             return
         path = scope["path"]
-        endpoint = (
-            path if path in _ENDPOINTS else "/models/{name}" if path.startswith("/models/") else "other"
-        )
+        endpoint = _endpoint(path)
         status = 500
         start = time.perf_counter()
 
@@ -71,7 +82,7 @@ class MetricsMiddleware:
             state = scope.get("state", {})
             model, version = state.get("model", "-"), state.get("model_version", "-")
             self.metrics.requests.labels(model, version, endpoint, str(status)).inc()
-            if endpoint in ("/sample", "/log-likelihood", "/reconstruct"):
+            if endpoint in ("/sample", "/log-likelihood", "/reconstruct", "/v2/infer"):
                 self.metrics.latency.labels(model, version, endpoint).observe(time.perf_counter() - start)
 
 
@@ -88,6 +99,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings, batcher, metrics)
         app.state.registry = registry
         app.state.operations = Operations(registry, settings, metrics, lifecycle)
+        app.state.oip = DataPlane(app.state.operations)
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
         await registry.warm_up()
         # Live but not ready on a bad store: the process stays up so an orchestrator can
@@ -136,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(generate.router)
     app.include_router(models.router)
     app.include_router(health.router)
+    app.include_router(oip_rest.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Inside the metrics middleware, so refusals while draining are counted as 503s.
     app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle, metrics=metrics)

@@ -62,6 +62,16 @@ class DataKind(ABC):
     def values_per_row(self) -> int:
         """Numbers in one example (for the response-size limit)."""
 
+    @property
+    @abstractmethod
+    def row_shape(self) -> tuple[int, ...]:
+        """The shape of one example: (C, H, W) or (D,)."""
+
+    @property
+    def context_width(self) -> int:
+        """Numbers in one context row (0: the model takes no context)."""
+        return 0
+
     @abstractmethod
     def check_inputs(self, arr: np.ndarray, field: str, max_rows: int) -> np.ndarray:
         """A request's data array, validated, in the dtype the engine takes."""
@@ -115,6 +125,10 @@ class Images(DataKind):
     @property
     def values_per_row(self) -> int:
         return self.spec.dims
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return tuple(self.spec.shape)
 
     def check_inputs(self, arr: np.ndarray, field: str, max_rows: int) -> np.ndarray:
         """Shape, finiteness, integrality and range; returns int64 [N, C, H, W]."""
@@ -181,6 +195,14 @@ class Vectors(DataKind):
     @property
     def values_per_row(self) -> int:
         return self.spec.dims
+
+    @property
+    def row_shape(self) -> tuple[int, ...]:
+        return (self.spec.dims,)
+
+    @property
+    def context_width(self) -> int:
+        return len(self.spec.context or [])
 
     def _matrix(self, arr: np.ndarray, width: int, names: list[str], field: str, max_rows: int) -> np.ndarray:
         """[N, width] float64 (one row may come as [width])."""

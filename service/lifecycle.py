@@ -36,10 +36,19 @@ State = Literal["starting", "ready", "degraded", "draining", "stopped"]
 
 # Always answered, whatever the state: an orchestrator must be able to tell "alive but
 # not ready" from "dead", and Prometheus should see a draining replica to the end.
-ALWAYS_ANSWERED = frozenset({"/health/live", "/health/ready", "/metrics"})
+ALWAYS_ANSWERED = frozenset(
+    {"/health/live", "/health/ready", "/metrics", "/v2/health/live", "/v2/health/ready"}
+)
 # The work a degraded (not ready) server refuses; /models stays open so an operator can
 # see what did load.
 MODEL_WORK = frozenset({"/sample", "/log-likelihood", "/reconstruct"})
+
+
+def is_model_work(path: str) -> bool:
+    """Whether a path runs a model: the genserve operations and OIP inference."""
+    return path in MODEL_WORK or (path.startswith("/v2/models/") and path.endswith("/infer"))
+
+
 DRAIN_RETRY_AFTER_S = 2
 ABANDON_ANSWER_S = 1.0  # after the grace period, how long stopped requests get to answer
 
@@ -106,16 +115,18 @@ class LifecycleMiddleware:
                 # close: a client or proxy holding a keep-alive connection must reconnect,
                 # which lands it on a replica that is not going away.
                 headers={"Retry-After": str(DRAIN_RETRY_AFTER_S), "Connection": "close"},
+                path=scope["path"],
             )
             await refusal(scope, receive, send)
             return
-        if lc.state == "degraded" and scope["path"] in MODEL_WORK:
+        if lc.state == "degraded" and is_model_work(scope["path"]):
             refusal = problem(
                 503,
                 NotReadyError.type,
                 NotReadyError.title,
                 "the server is not ready: the model store failed verification or loading "
                 "(see /health/ready for the reasons)",
+                path=scope["path"],
             )
             await refusal(scope, receive, send)
             return

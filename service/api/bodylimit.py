@@ -22,7 +22,7 @@ class BodyLimitMiddleware:
         declared = dict(scope.get("headers", [])).get(b"content-length")
         too_big = PayloadTooLargeError(f"request body is over the limit of {self.max_bytes} bytes")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await problem_for(too_big)(scope, receive, send)
+            await problem_for(too_big, scope["path"])(scope, receive, send)
             return
         seen = 0
 

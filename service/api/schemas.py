@@ -11,11 +11,13 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
+from ..core.fields import Alpha, AtLeastOne, Fdr, Seed, Temperature, Timeout
+
 # Strict: lax parsing turned `true` into class 1 and `3.0` into class 3.
 Label = StrictInt | StrictStr
 LabelsField = Label | list[Label] | None
 
-_SEED = Field(default=None, ge=0, le=2**63 - 1, description="Noise seed; the server picks one if absent.")
+_SEED = Field(default=None, description="Noise seed; the server picks one if absent.")
 
 
 class RequestModel(BaseModel):
@@ -24,26 +26,24 @@ class RequestModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     model: str = Field(description="Model name in the store, e.g. 'pixelcnn-digits'.", max_length=128)
-    version: int | None = Field(
-        default=None, ge=1, description="Model version; default the highest version loaded."
+    version: AtLeastOne | None = Field(
+        default=None, description="Model version; default the highest version loaded."
     )
-    timeout: float | None = Field(
-        default=None, gt=0, description="Deadline in seconds (capped by the server's request_timeout_s)."
+    timeout: Timeout | None = Field(
+        default=None, description="Deadline in seconds (capped by the server's request_timeout_s)."
     )
 
 
 class SampleRequest(RequestModel):
     """POST /sample."""
 
-    n: int = Field(default=1, ge=1, description="Number of samples.")
+    n: AtLeastOne = Field(default=1, description="Number of samples.")
     labels: LabelsField = Field(
         default=None, description="Class index or name for all samples, or one per sample."
     )
-    seed: int | None = _SEED
-    temperature: float | None = Field(
+    seed: Seed | None = _SEED
+    temperature: Temperature | None = Field(
         default=None,
-        gt=0.0,
-        le=10.0,
         description=(
             "Scales latent noise (softmax temperature for PixelCNN); default the model's "
             "`default_temperature` (GET /models/{name})."
@@ -54,9 +54,7 @@ class SampleRequest(RequestModel):
         description="Vector models with a context (e.g. an SBI posterior's observation x): one row "
         "[C] for all samples, or one per sample [n, C], in the context's units.",
     )
-    alpha: float = Field(
-        default=0.05, gt=0.0, lt=1.0, description="Significance level of the context check (vector models)."
-    )
+    alpha: Alpha = Field(default=0.05, description="Significance level of the context check (vector models).")
     format: Literal["json", "png", "npy"] = "json"
 
 
@@ -109,19 +107,16 @@ class LogLikelihoodRequest(RequestModel):
         description="Vector models with a context: one row [C] for all inputs, or one per input "
         "[N, C] (with an .npy body: one row, comma-separated).",
     )
-    importance_samples: int | None = Field(
+    importance_samples: AtLeastOne | None = Field(
         default=None,
-        ge=1,
         description="Estimator samples (VAE importance samples, flow dequantization draws).",
     )
-    seed: int = Field(default=0, ge=0, le=2**63 - 1, description="Seed of the estimator noise.")
-    alpha: float = Field(default=0.05, gt=0.0, lt=1.0, description="Outlier significance level.")
+    seed: Seed = Field(default=0, description="Seed of the estimator noise.")
+    alpha: Alpha = Field(default=0.05, description="Outlier significance level.")
     outlier_method: str | None = Field(default=None, description="Outlier score; default the model's.")
     all_outlier_methods: bool = Field(default=False, description="Report every outlier method.")
-    fdr: float | None = Field(
+    fdr: Fdr | None = Field(
         default=None,
-        gt=0.0,
-        lt=1.0,
         description="Also select outliers across the rows by Benjamini-Hochberg at this false-discovery rate",
     )
     check_context: bool = Field(
@@ -192,10 +187,9 @@ class ReconstructRequest(RequestModel):
     mask: Any = Field(
         default=None, description="Same shape as inputs: 1 = known pixel, 0 = fill in (PixelCNN)."
     )
-    seed: int | None = _SEED
-    particles: int | None = Field(
+    seed: Seed | None = _SEED
+    particles: AtLeastOne | None = Field(
         default=None,
-        ge=1,
         description="PixelCNN completion: particles per row when known pixels follow missing ones.",
     )
     format: Literal["json", "png", "npz"] = Field(

@@ -232,6 +232,10 @@ class Engine:
         self.ensure_can_reconstruct()
         raise NotImplementedError
 
+    def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+        """What reconstruct returns: per output, its dtype and the shape of one row."""
+        return {}
+
     checks_context: bool = False  # True: context_outliers says whether a context is unusual
 
     async def context_outliers(self, context: np.ndarray, alpha: float) -> Verdicts:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -12,6 +14,12 @@ class FlowEngine(ImageEngine):
     """Uniform dequantization; standardised latents shaped like the data."""
 
     family = "flow"
+
+    def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+        return {
+            "reconstruction": (np.dtype(np.int64), self.shape),
+            "latent": (np.dtype(np.float32), self.shape),
+        }
 
     async def sample(
         self,

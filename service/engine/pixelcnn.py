@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 from numpy.typing import NDArray
 
@@ -34,6 +36,9 @@ class PixelCNNEngine(ImageEngine):
 
     def estimator(self, samples: int) -> str:
         return "exact"
+
+    def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+        return {"reconstruction": (np.dtype(np.int64), self.shape)}
 
     async def conditional_log_likelihood(
         self,

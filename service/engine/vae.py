@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -26,6 +27,15 @@ class VAEEngine(ImageEngine):
     @property
     def latent_dim(self) -> int:
         return int(self.manifest.family_info["latent_dim"])
+
+    def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+        f32, z = np.dtype(np.float32), (self.latent_dim,)
+        return {
+            "reconstruction": (np.dtype(np.int64), self.shape),
+            "mean": (f32, self.shape),
+            "latent": (f32, z),
+            "latent_logvar": (f32, z),
+        }
 
     async def sample(
         self,

@@ -9,6 +9,7 @@ likelihood's parameters θ) the flow is a conditional density: p(features | cont
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -33,6 +34,10 @@ class VectorFlowEngine(Engine):
         self.features = FeatureMap.of(self.spec.support, self.spec.scaling)
         scaling = self.spec.context_scaling
         self.context_map = None if scaling is None else FeatureMap.of(None, scaling)
+
+    def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:
+        row = (self.spec.dims,)
+        return {"reconstruction": (np.dtype(np.float64), row), "latent": (np.dtype(np.float32), row)}
 
     def vector_feeds(
         self, data: Mapping[str, np.ndarray], labels: np.ndarray | None, context: np.ndarray | None
