@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import re
@@ -22,6 +21,7 @@ from service.errors import InvalidInputError
 from service.manifest import DatasetSpec
 from service.outliers import METHODS
 from tests.service.asgi import Client
+from tests.service.servers import uvicorn_server
 from training.data import load_dataset
 
 FAMILIES = ["flow", "vae", "gan", "pixelcnn"]
@@ -860,42 +860,10 @@ def test_cli_serve_refuses_cuda_without_gpu(tiny_store: Path) -> None:
     assert "no usable GPU" in result.output
 
 
-@contextlib.contextmanager
-def _uvicorn(tiny_store: Path, **env: str) -> Iterator[str]:
-    """uvicorn serving the tiny store on a free loopback port, in a subprocess."""
-    import socket
-    import subprocess
-    import sys
-    import time
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "uvicorn", "--factory", "service.app:create_app", "--port", str(port)],
-        env={"GENSERVE_MODEL_STORE": str(tiny_store), "PATH": "/usr/bin:/bin", **env},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health/ready", timeout=1).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        yield url
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-
-
 @pytest.fixture
 def real_server(tiny_store: Path) -> Iterator[str]:
     """uvicorn serving the tiny store on a free loopback port, in a subprocess."""
-    with _uvicorn(tiny_store) as url:
+    with uvicorn_server(tiny_store) as url:
         yield url
 
 
@@ -918,7 +886,7 @@ def test_real_disconnect_stops_a_sampling_loop(tiny_store: Path) -> None:
     import time
     from urllib.parse import urlparse
 
-    with _uvicorn(tiny_store, GENSERVE_MODELS='["pixelcnn-digits"]', GENSERVE_MAX_DELAY_MS="20") as url:
+    with uvicorn_server(tiny_store, GENSERVE_MODELS='["pixelcnn-digits"]', GENSERVE_MAX_DELAY_MS="20") as url:
         before = _logits_batches(url)
         body = json.dumps({"model": "pixelcnn-digits", "n": 4, "seed": 1}).encode()
         port = urlparse(url).port

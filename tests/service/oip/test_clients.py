@@ -1,0 +1,106 @@
+"""Unmodified Triton clients against a real server process: metadata and inference for
+every operation of every family, binary data in and out, the genserve API's numbers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import pytest
+
+from tests.service.servers import uvicorn_server
+
+th = pytest.importorskip("tritonclient.http")
+DIGITS = np.random.default_rng(1).integers(0, 17, (4, 1, 8, 8)).astype(np.int64)
+LABELS = np.array([3, 1, 4, 1], dtype=np.int64)
+
+
+@pytest.fixture(scope="module")
+def server(tiny_store: Path) -> Iterator[str]:
+    with uvicorn_server(tiny_store, GENSERVE_THREADS="1") as url:
+        yield url
+
+
+def _input(name: str, arr: np.ndarray, datatype: str, binary: bool = True) -> Any:
+    t = th.InferInput(name, list(arr.shape), datatype)
+    t.set_data_from_numpy(arr, binary_data=binary)
+    return t
+
+
+def test_triton_http_client_sees_the_server_and_every_model(server: str) -> None:
+    client = th.InferenceServerClient(server.removeprefix("http://"))
+    assert client.is_server_live() and client.is_server_ready()
+    assert "binary_tensor_data" in client.get_server_metadata()["extensions"]
+    models = httpx.get(f"{server}/models").json()
+    for m in models:
+        for op in ("sample", "log_likelihood", "reconstruct"):
+            name = f"{m['name']}.{op}"
+            offered = op.replace("_", "-") in m["capabilities"]
+            assert client.is_model_ready(name) == offered
+            assert client.is_model_ready(name, str(m["version"])) == offered
+            if offered:
+                md = client.get_model_metadata(name, str(m["version"]))
+                assert md["name"] == name and md["versions"] == [str(m["version"])]
+
+
+def test_triton_http_infer_equals_the_genserve_api_for_every_operation(server: str) -> None:
+    client = th.InferenceServerClient(server.removeprefix("http://"))
+    for model in ("flow-digits", "vae-digits", "pixelcnn-digits"):
+        r = client.infer(
+            f"{model}.log_likelihood", [_input("inputs", DIGITS, "INT64")], parameters={"seed": 4}
+        )
+        rest = httpx.post(
+            f"{server}/log-likelihood", json={"model": model, "inputs": DIGITS.tolist(), "seed": 4}
+        ).json()
+        assert r.as_numpy("log_likelihood").tolist() == [row["log_likelihood"] for row in rest["results"]]
+        assert r.as_numpy("posterior").shape == (4, 10)
+        assert r.as_numpy("is_outlier").tolist() == [row["outlier"]["is_outlier"] for row in rest["results"]]
+        assert r.get_response()["parameters"]["estimator"] == rest["estimator"]
+    for model in ("flow-digits", "vae-digits", "pixelcnn-digits", "gan-digits"):
+        r = client.infer(f"{model}.sample", [_input("labels", LABELS, "INT64")], parameters={"seed": 9})
+        rest = httpx.post(
+            f"{server}/sample", json={"model": model, "n": 4, "labels": LABELS.tolist(), "seed": 9}
+        ).json()
+        assert r.as_numpy("samples").tolist() == rest["samples"]
+    json_out = client.infer(
+        "gan-digits.sample",
+        [_input("n", np.array([3], dtype=np.int64), "INT64", binary=False)],
+        outputs=[th.InferRequestedOutput("samples", binary_data=False)],
+        parameters={"seed": 2},
+    )
+    assert json_out.as_numpy("samples").shape == (3, 1, 8, 8)
+    mask = np.ones_like(DIGITS, dtype=bool)
+    mask[:, :, 5:] = False
+    r = client.infer(
+        "pixelcnn-digits.reconstruct",
+        [_input("inputs", DIGITS, "INT64"), _input("mask", mask, "BOOL"), _input("labels", LABELS, "INT64")],
+        parameters={"seed": 3},
+    )
+    rest = httpx.post(
+        f"{server}/reconstruct",
+        json={
+            "model": "pixelcnn-digits",
+            "inputs": DIGITS.tolist(),
+            "mask": mask.astype(int).tolist(),
+            "labels": LABELS.tolist(),
+            "seed": 3,
+        },
+    ).json()
+    assert r.as_numpy("reconstruction").tolist() == rest["outputs"]["reconstruction"]
+    r = client.infer(
+        "vae-digits.reconstruct", [_input("inputs", DIGITS, "INT64"), _input("labels", LABELS, "INT64")]
+    )
+    assert r.as_numpy("latent").shape[0] == 4 and r.as_numpy("reconstruction").shape == DIGITS.shape
+
+
+def test_triton_http_client_reads_oip_errors(server: str) -> None:
+    from tritonclient.utils import InferenceServerException
+
+    client = th.InferenceServerClient(server.removeprefix("http://"))
+    with pytest.raises(InferenceServerException, match=r"no model 'nope\.sample'"):
+        client.infer("nope.sample", [_input("n", np.array([1], dtype=np.int64), "INT64")])
+    with pytest.raises(InferenceServerException, match="inputs: expected shape"):
+        client.infer("flow-digits.log_likelihood", [_input("inputs", DIGITS[:, :, :5], "INT64")])
