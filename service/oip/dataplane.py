@@ -114,9 +114,12 @@ class DataPlane:
         name, operation = split_name(oip_name)
         try:
             model = self.operations.model(name, _version(version))
-        except ModelNotFoundError as exc:
+        except ModelNotFoundError:
             known = ", ".join(n for n, _ in self.model_names())
-            raise ModelNotFoundError(f"no model {oip_name!r} (loaded: {known}); {exc.detail}") from None
+            what = "version" if version else "model"
+            raise ModelNotFoundError(
+                f"no {what} {oip_name!r}{'/' + version if version else ''} loaded (loaded: {known})"
+            ) from None
         if OPERATIONS[operation] not in model.capabilities:
             raise ModelNotFoundError(
                 f"no model {oip_name!r}: {name} is a {model.manifest.family} model and does not "
