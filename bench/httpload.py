@@ -22,10 +22,14 @@ from typing import Any
 import numpy as np
 
 
-def encode(host: str, port: int, path: str, body: bytes, content_type: str) -> bytes:
+def encode(
+    host: str, port: int, path: str, body: bytes, content_type: str, extra: list[str] | None = None
+) -> bytes:
+    """One pre-encoded request; `extra` holds more header lines ("Name: value")."""
+    more = "".join(f"{h}\r\n" for h in extra or [])
     head = (
         f"POST {path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: {content_type}\r\n"
-        f"Content-Length: {len(body)}\r\nConnection: keep-alive\r\n\r\n"
+        f"Content-Length: {len(body)}\r\n{more}Connection: keep-alive\r\n\r\n"
     )
     return head.encode() + body
 
@@ -112,8 +116,9 @@ def main() -> None:
     p.add_argument("-c", "--concurrency", type=int, default=1)
     p.add_argument("-d", "--duration", type=float, default=10.0)
     p.add_argument("-n", "--requests", type=int, default=None)
+    p.add_argument("-H", "--header", action="append", default=[], help="another header line, 'Name: value'")
     a = p.parse_args()
-    payload = encode(a.host, a.port, a.path, a.body.read_bytes(), a.content_type)
+    payload = encode(a.host, a.port, a.path, a.body.read_bytes(), a.content_type, a.header)
     result = asyncio.run(run(a.host, a.port, payload, a.concurrency, a.duration, a.requests))
     sys.stdout.write(json.dumps(result) + "\n")
 

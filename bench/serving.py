@@ -96,6 +96,7 @@ def load(
     duration: float,
     content_type: str = "application/json",
     requests: int | None = None,
+    headers: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run bench.httpload in its own process and return its JSON summary."""
     with tempfile.NamedTemporaryFile(suffix=".body", delete=False) as fh:
@@ -119,6 +120,8 @@ def load(
     ]
     if requests is not None:
         cmd += ["-n", str(requests)]
+    for h in headers or []:
+        cmd += ["-H", h]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
     os.unlink(fh.name)
     return json.loads(out.stdout)

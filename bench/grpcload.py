@@ -1,0 +1,78 @@
+"""A closed-loop gRPC load generator for OIP ModelInfer (run as its own process).
+
+`concurrency` calls in flight on one channel, each sending the next request as soon as
+the last answer arrives, for `duration` seconds. The request is serialized once; answers
+are not decoded, so the client costs little CPU beside the server.
+
+    python -m bench.grpcload --port 8001 --request req.bin -c 1 -d 10
+prints one JSON line like bench.httpload: requests, errors, throughput, p50/p90/p99 (ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+METHOD = "/inference.GRPCInferenceService/ModelInfer"
+
+
+async def run(port: int, request: bytes, concurrency: int, duration: float) -> dict[str, Any]:
+    samples: list[tuple[float, str]] = []
+    options = [("grpc.max_receive_message_length", -1), ("grpc.max_send_message_length", -1)]
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
+        # Bytes in, bytes out: the serialized request as is, the answer left undecoded.
+        call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
+        start = time.perf_counter()
+        deadline = start + duration
+
+        async def worker() -> None:
+            while time.perf_counter() < deadline:
+                t0 = time.perf_counter()
+                try:
+                    await call(request)
+                    code = "OK"
+                except grpc.aio.AioRpcError as exc:
+                    code = exc.code().name
+                samples.append((time.perf_counter() - t0, code))
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        elapsed = time.perf_counter() - start
+    lat = np.array([s[0] for s in samples]) * 1000.0
+    statuses: dict[str, int] = {}
+    for _, code in samples:
+        statuses[code] = statuses.get(code, 0) + 1
+    return {
+        "concurrency": concurrency,
+        "requests": len(samples),
+        "errors": sum(1 for s in samples if s[1] != "OK"),
+        "statuses": statuses,
+        "seconds": elapsed,
+        "throughput_rps": len(samples) / elapsed,
+        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
+        "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
+        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "mean_ms": float(lat.mean()) if len(lat) else None,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--request", type=Path, required=True, help="a serialized ModelInferRequest")
+    p.add_argument("-c", "--concurrency", type=int, default=1)
+    p.add_argument("-d", "--duration", type=float, default=10.0)
+    a = p.parse_args()
+    result = asyncio.run(run(a.port, a.request.read_bytes(), a.concurrency, a.duration))
+    sys.stdout.write(json.dumps(result) + "\n")
+
+
+if __name__ == "__main__":
+    main()

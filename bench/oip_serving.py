@@ -1,0 +1,184 @@
+"""The Open Inference Protocol against the genserve API, on the same server and workloads.
+
+    python -m bench.oip_serving [--store model_store] [--model flow-digits] [--duration 6] [--out FILE]
+
+- W1 bulk scoring: one 10,000-row log-likelihood request (label 3 for every row), as the
+  genserve API's .npy body, as OIP REST with binary tensors in and out, and as OIP gRPC
+  (raw contents): rows/s, and OIP's ratio to the npy body (issue 29's target: ≥ 0.9).
+- W2 single row: one row with its label at concurrency 1, as genserve JSON, OIP REST JSON,
+  OIP REST binary and OIP gRPC: p50 and its difference from genserve JSON (target: within
+  0.3 ms).
+
+One server process serves both protocols (GENSERVE_GRPC_PORT); the load comes from a
+separate process (bench.httpload, bench.grpcload), whose own CPU is measured and reported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from bench.serving import Server, free_port, load, machine, npy
+from service.oip.grpc.compile import stubs
+from training.data import load_dataset
+
+ROWS = 10_000
+HEADER = "Inference-Header-Content-Length"
+
+
+def oip_binary(tensors: list[tuple[str, np.ndarray, str]], binary_out: bool = True) -> tuple[bytes, int]:
+    """An OIP REST body with every tensor binary: (body, JSON header length)."""
+    head = {
+        "inputs": [
+            {"name": n, "datatype": dt, "shape": list(a.shape), "parameters": {"binary_data_size": a.nbytes}}
+            for n, a, dt in tensors
+        ],
+        "parameters": {"binary_data_output": binary_out},
+    }
+    js = orjson.dumps(head)
+    return js + b"".join(np.ascontiguousarray(a).tobytes() for _, a, _ in tensors), len(js)
+
+
+def oip_json(tensors: list[tuple[str, np.ndarray, str]]) -> bytes:
+    return orjson.dumps(
+        {
+            "inputs": [
+                {"name": n, "datatype": dt, "shape": list(a.shape), "data": a.reshape(-1).tolist()}
+                for n, a, dt in tensors
+            ]
+        }
+    )
+
+
+def grpc_request(model: str, tensors: list[tuple[str, np.ndarray, str]]) -> bytes:
+    pb, _ = stubs()
+    req = pb.ModelInferRequest(model_name=model)
+    for n, a, dt in tensors:
+        req.inputs.add(name=n, datatype=dt, shape=list(a.shape))
+        req.raw_input_contents.append(np.ascontiguousarray(a).tobytes())
+    return bytes(req.SerializeToString())
+
+
+def grpc_load(port: int, request: bytes, concurrency: int, duration: float) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile(suffix=".bin", delete=False) as fh:
+        fh.write(request)
+    cmd = [sys.executable, "-m", "bench.grpcload", "--port", str(port), "--request", fh.name]
+    cmd += ["-c", str(concurrency), "-d", str(duration)]
+    out = _measured(cmd)
+    os.unlink(fh.name)
+    return out
+
+
+def _measured(cmd: list[str]) -> dict[str, Any]:
+    """Run a load generator process; its JSON line plus the CPU seconds it used."""
+    before = os.times()
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    after = os.times()
+    result: dict[str, Any] = json.loads(out.stdout)
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    result["generator_cpu_s"] = cpu
+    result["generator_cpu_share"] = cpu / result["seconds"] if result["seconds"] else None
+    return result
+
+
+def http_load(
+    port: int, path: str, body: bytes, duration: float, content_type: str, headers: list[str] | None = None
+) -> dict[str, Any]:
+    before = os.times()
+    result = load(port, path, body, 1, duration, content_type, headers=headers)
+    after = os.times()
+    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
+    result["generator_cpu_s"] = cpu
+    result["generator_cpu_share"] = cpu / result["seconds"] if result["seconds"] else None
+    return result
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--store", type=Path, default=Path(os.environ.get("GENSERVE_MODEL_STORE", "model_store")))
+    p.add_argument("--model", default="flow-digits")
+    p.add_argument("--duration", type=float, default=6.0)
+    p.add_argument("--out", type=Path)
+    a = p.parse_args()
+    digits = load_dataset("digits").x[:, 0]  # [1797, 8, 8] levels
+    x = np.resize(digits, (ROWS, 8, 8))[:, None].astype(np.uint8)  # [ROWS, 1, 8, 8]
+    labels = np.full(ROWS, 3, dtype=np.int64)
+    oip = f"{a.model}.log_likelihood"
+    grpc_port = free_port()
+    server = Server("service.app:create_app", a.store, {"GENSERVE_GRPC_PORT": str(grpc_port)})
+    time.sleep(1.0)  # the gRPC port opens with the lifespan; /health/ready already answered
+    results: dict[str, Any] = {"machine": machine(), "model": a.model, "rows": ROWS, "duration_s": a.duration}
+    d = a.duration
+    try:
+        bulk = [("inputs", x, "UINT8"), ("labels", labels, "INT64")]
+        body, js = oip_binary(bulk)
+        w1 = {
+            "npy": http_load(
+                server.port, f"/log-likelihood?model={a.model}&labels=3", npy(x[:, 0]), d, "application/x-npy"
+            ),
+            "oip_rest_binary": http_load(
+                server.port,
+                f"/v2/models/{oip}/infer",
+                body,
+                d,
+                "application/octet-stream",
+                [f"{HEADER}: {js}"],
+            ),
+            "oip_grpc": grpc_load(grpc_port, grpc_request(oip, bulk), 1, d),
+        }
+        base = w1["npy"]["throughput_rps"]
+        for v in w1.values():
+            v["rows_per_s"] = ROWS * v["throughput_rps"]
+            v["ratio_to_npy"] = v["throughput_rps"] / base
+        results["W1 bulk"] = w1
+        one = [("inputs", x[:1].astype(np.int64), "INT64"), ("labels", labels[:1], "INT64")]
+        body1, js1 = oip_binary(one)
+        genserve_json = orjson.dumps({"model": a.model, "inputs": x[:1, 0].tolist(), "labels": 3})
+        w2 = {
+            "genserve_json": http_load(server.port, "/log-likelihood", genserve_json, d, "application/json"),
+            "oip_rest_json": http_load(
+                server.port, f"/v2/models/{oip}/infer", oip_json(one), d, "application/json"
+            ),
+            "oip_rest_binary": http_load(
+                server.port,
+                f"/v2/models/{oip}/infer",
+                body1,
+                d,
+                "application/octet-stream",
+                [f"{HEADER}: {js1}"],
+            ),
+            "oip_grpc": grpc_load(grpc_port, grpc_request(oip, one), 1, d),
+        }
+        ref = w2["genserve_json"]["p50_ms"]
+        for v in w2.values():
+            v["p50_minus_genserve_ms"] = v["p50_ms"] - ref
+        results["W2 single row"] = w2
+    finally:
+        server.stop()
+    for name, v in results["W1 bulk"].items():
+        print(
+            f"W1 {name}: {v['rows_per_s']:.0f} rows/s ({v['ratio_to_npy']:.2f}x npy), "
+            f"generator CPU {v['generator_cpu_share']:.0%}"
+        )
+    for name, v in results["W2 single row"].items():
+        print(
+            f"W2 {name}: p50 {v['p50_ms']:.2f} ms ({v['p50_minus_genserve_ms']:+.2f} ms), "
+            f"{v['throughput_rps']:.0f} rps, generator CPU {v['generator_cpu_share']:.0%}"
+        )
+    if a.out:
+        a.out.parent.mkdir(parents=True, exist_ok=True)
+        a.out.write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
