@@ -89,12 +89,18 @@ def sbi_eval_cmd(
     draws: Annotated[
         int, typer.Option(min=100, help="Posterior and reference draws (sbibm: 10,000).")
     ] = 10_000,
+    first: Annotated[
+        int,
+        typer.Option(
+            min=1, max=10, help="The first observation (runs are per observation: split a long run)."
+        ),
+    ] = 1,
 ) -> None:
     """C2ST of every NPE posterior in the store against reference posteriors, as sbibm computes it."""
     from .vectors.sbi_eval import markdown as to_markdown
     from .vectors.sbi_eval import sbi_eval
 
-    results = sbi_eval(_store_root(store), observations, model, say=console.print, draws=draws)
+    results = sbi_eval(_store_root(store), observations, model, say=console.print, draws=draws, first=first)
     if not results:
         raise typer.BadParameter(
             "no NPE models in the store (genserve build-store --suite sbi)", param_hint="--store"

@@ -182,3 +182,29 @@ def test_grpc_typed_contents_are_read_like_raw_bytes(server: str) -> None:
         with pytest.raises(grpc.RpcError) as info:
             stub.ModelInfer(request)
         assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_kserve_client_over_rest_and_grpc_gets_the_genserve_api_numbers(server: str) -> None:
+    import importlib.util
+    import json
+    import subprocess
+    import sys
+
+    if importlib.util.find_spec("kserve") is None:  # found, not imported: see kserve_client.py
+        pytest.skip("kserve is not installed")
+    script = Path(__file__).with_name("kserve_client.py")
+    port = server.rsplit(":", 1)[1]
+    done = subprocess.run(
+        [sys.executable, str(script), port, str(GRPC_PORT)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads(done.stdout.strip().splitlines()[-1])
+    assert got["rest_ready"] and got["rest_live"] and got["rest_model_ready"]
+    assert got["grpc_ready"] and got["grpc_model_ready"]
+    rest = httpx.post(
+        f"{server}/log-likelihood", json={"model": "flow-digits", "inputs": got["inputs"], "seed": 4}
+    ).json()
+    expected = [row["log_likelihood"] for row in rest["results"]]
+    for way in ("rest", "grpc_raw", "grpc_typed"):
+        assert got[way]["log_likelihood"] == expected, way
+        assert got[way]["is_outlier"] == [row["outlier"]["is_outlier"] for row in rest["results"]]
