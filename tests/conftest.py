@@ -12,12 +12,20 @@ import pytest
 SESSION_STORES = ("tiny_store", "vector_store", "quality_store")
 
 
+# The tiny store's tests are the largest group: these run as a second group, which the
+# other worker can take (building its own tiny store, about 100 s, to share the rest).
+TINY_STORE_B = ("tests/deploy/", "tests/service/oip/", "tests/training/", "tests/service/test_api_fuzz.py")
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Group each test with the session store it uses (first one listed wins)."""
     for item in items:
         used = [s for s in SESSION_STORES if s in getattr(item, "fixturenames", ())]
         if used:
-            item.add_marker(pytest.mark.xdist_group(used[0]))
+            group = used[0]
+            if group == "tiny_store" and item.nodeid.startswith(TINY_STORE_B):
+                group = "tiny_store_b"
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 TINY_ZOO: dict[str, dict[str, Any]] = {

@@ -82,7 +82,9 @@ def ood_eval(
 
 def sbi_eval_cmd(
     store: StoreOption = None,
-    observations: Annotated[int, typer.Option(min=1, max=10, help="Benchmark observations per task.")] = 10,
+    observations: Annotated[
+        int, typer.Option(min=0, max=10, help="Benchmark observations per task (0: the context check only).")
+    ] = 10,
     model: Annotated[list[str] | None, typer.Option(help="Only these NPE models (default: all).")] = None,
     report: Annotated[Path, typer.Option(help="JSON report.")] = Path("reports/sbi-eval.json"),
     markdown: Annotated[Path | None, typer.Option(help="Also write the table as markdown.")] = None,

@@ -40,13 +40,15 @@ SAMPLES = 500  # 50 per class; at a true accuracy of 0.97 the standard error is 
 pytestmark = pytest.mark.timeout(1800)
 
 
-@pytest.fixture(scope="module")
+# Session scope: xdist may run another module's tests between this module's on the same
+# worker, which tears module-scoped fixtures down; the store (minutes) is built once.
+@pytest.fixture(scope="session")
 def data() -> tuple[ImageDataset, Splits]:
     d = load_dataset("digits")
     return d, make_splits(d.y, len(d), seed=0)
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def quality_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A store with the default recipes of the families this session's selected tests use."""
     from training.build import build_store
@@ -54,7 +56,7 @@ def quality_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     wanted = {
         item.callspec.params["family"]
         for item in request.session.items
-        if item.module is request.module and hasattr(item, "callspec")
+        if getattr(item.module, "__name__", None) == __name__ and hasattr(item, "callspec")
     }
     root = tmp_path_factory.mktemp("quality")
     families = tuple(f for f in ("vae", "gan", "flow", "pixelcnn") if f in wanted)
@@ -75,7 +77,7 @@ def quality_store(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempP
     return root
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def judge(data: tuple[ImageDataset, Splits], quality_store: Path) -> Classifier:
     """The judge the build trained (cached beside the checkpoints): 60 epochs, training split."""
     d, splits = data
@@ -83,7 +85,7 @@ def judge(data: tuple[ImageDataset, Splits], quality_store: Path) -> Classifier:
     return classifier
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def client(quality_store: Path) -> Iterator[Client]:
     c = Client(Settings(model_store=quality_store / "store"))
     yield c

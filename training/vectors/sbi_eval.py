@@ -136,7 +136,7 @@ def evaluate_posterior(
     if checked is not None:
         say(f"{version.name} context check: " + ", ".join(f"{k} {v}" for k, v in checked.items()))
     backend.close()
-    c2sts = [r["c2st"] for r in rows]
+    c2sts = [r["c2st"] for r in rows] or [float("nan")]
     return {
         "model": version.name,
         "version": version.version,
@@ -172,18 +172,18 @@ def sbi_eval(
 def markdown(results: list[dict[str, Any]]) -> str:
     """The results as a table for docs/results.md."""
     lines = [
-        "| model | task | simulations | C2ST mean ± sd (10 obs.) | worst | ∫ p(θ|x) dθ (2-D) | training |",
+        "| model | task | simulations | C2ST mean ± sd (obs.) | worst | ∫ p(θ|x) dθ (2-D) | training |",
         "|---|---|---|---|---|---|---|",
     ]
     for r in results:
         c2sts = [o["c2st"] for o in r["observations"]]
         integrals = [o["integral"] for o in r["observations"] if "integral" in o]
         integral = f"{min(integrals):.3f}–{max(integrals):.3f}" if integrals else "—"
-        c2st_text = f"{r['c2st_mean']:.3f} ± {r['c2st_sd']:.3f}"
+        c2st_text = f"{r['c2st_mean']:.3f} ± {r['c2st_sd']:.3f} ({len(c2sts)})" if c2sts else "—"
         trained = f"{r['training']['epochs']} epochs, {r['training']['seconds']:.0f} s"
         lines.append(
             f"| {r['model']} v{r['version']} | {r['task']} | {r['simulations']:,} | {c2st_text} "
-            f"| {max(c2sts):.3f} | {integral} | {trained} |"
+            f"| {max(c2sts) if c2sts else float('nan'):.3f} | {integral} | {trained} |"
         )
     checks = [r for r in results if r.get("misspecification")]
     if checks:
