@@ -103,6 +103,8 @@ class DataPlane:
 
     def __init__(self, operations: Operations) -> None:
         self.operations = operations
+        # A loaded model version's tensors never change: computed once per (version, operation).
+        self._signatures: dict[tuple[str, int, str], tuple[list[TensorMeta], list[TensorMeta]]] = {}
 
     # --- discovery ---------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
@@ -170,6 +172,13 @@ class DataPlane:
 
     def signature(self, model: LoadedModel, operation: str) -> tuple[list[TensorMeta], list[TensorMeta]]:
         """The fixed input and output tensors of one OIP model."""
+        key = (model.name, model.version.version, operation)  # a store version never changes
+        found = self._signatures.get(key)
+        if found is None:
+            found = self._signatures[key] = self._signature(model, operation)
+        return found
+
+    def _signature(self, model: LoadedModel, operation: str) -> tuple[list[TensorMeta], list[TensorMeta]]:
         kind, engine, manifest = model.kind, model.engine, model.manifest
         data = TensorMeta("inputs", _dt(np.dtype(kind.sample_dtype)), _batch(kind.row_shape))
         labels = [TensorMeta("labels", "INT64", [-1], optional=True)] if engine.conditional else []

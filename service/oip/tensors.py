@@ -32,12 +32,15 @@ DTYPES: dict[str, np.dtype[Any]] = {
 DATATYPES = (*DTYPES, "BYTES")
 
 
+_NAMES = {dtype.newbyteorder("="): name for name, dtype in DTYPES.items()}
+
+
 def datatype_of(arr: np.ndarray) -> str:
-    """The OIP datatype name of a numpy array's dtype."""
-    for name, dtype in DTYPES.items():
-        if arr.dtype == dtype or (arr.dtype.kind == dtype.kind and arr.dtype.itemsize == dtype.itemsize):
-            return name
-    raise TypeError(f"no OIP datatype for {arr.dtype}")
+    """The OIP datatype name of a numpy array's dtype (either byte order)."""
+    name = _NAMES.get(arr.dtype.newbyteorder("="))
+    if name is None:
+        raise TypeError(f"no OIP datatype for {arr.dtype}")
+    return name
 
 
 @dataclass
