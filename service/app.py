@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from . import __version__
 from .api import generate, health, models
+from .api.auth import AuthMiddleware
 from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers, is_oip
 from .batching import Batcher
@@ -112,7 +113,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             from .oip.grpc.servicer import start_grpc
 
             grpc_server = await start_grpc(
-                app.state.oip, lifecycle, metrics, settings.host, settings.grpc_port, settings.max_body_bytes
+                app.state.oip,
+                lifecycle,
+                metrics,
+                settings.host,
+                settings.grpc_port,
+                settings.max_body_bytes,
+                settings.token,
             )
             log.info("Open Inference Protocol over gRPC on %s:%d", settings.host, settings.grpc_port)
         metrics.ready.set(1 if lifecycle.accepting else 0)
@@ -163,5 +170,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Inside the metrics middleware, so refusals while draining are counted as 503s.
     app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle, metrics=metrics)
+    token = settings.token
+    if token is not None:  # outside the lifecycle: no state is told to a client without the token
+        app.add_middleware(AuthMiddleware, token=token, metrics_public=settings.metrics_public)
+    elif settings.host not in ("127.0.0.1", "localhost", "::1"):
+        log.warning(
+            "genserve binds %s without an access token: anyone who can reach it can use every "
+            "model (set GENSERVE_API_TOKEN or GENSERVE_API_TOKEN_FILE)",
+            settings.host,
+        )
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     return app

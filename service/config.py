@@ -9,7 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, NamedTuple
 
-from pydantic import Field, ValidationError, field_validator, model_validator
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from .store import NAME_PATTERN, VERSION_PATTERN
@@ -118,6 +118,20 @@ class Settings(BaseSettings):
         "(default: any failure leaves the server live but not ready).",
     )
 
+    # Access control (docs/deploy.md, "Access control").
+    api_token: SecretStr | None = Field(
+        default=None,
+        description="Bearer token every route but the health probes requires (unset: no token).",
+    )
+    api_token_file: Path | None = Field(
+        default=None,
+        description="A file holding the token (e.g. a mounted secret); surrounding whitespace is ignored.",
+    )
+    metrics_public: bool = Field(
+        default=True,
+        description="With a token: whether /metrics stays open to scrapers (false: it needs the token too).",
+    )
+
     @field_validator("log_level", mode="before")
     @classmethod
     def _lower(cls, value: Any) -> Any:
@@ -168,6 +182,15 @@ class Settings(BaseSettings):
         return self.max_samples
 
     @property
+    def token(self) -> str | None:
+        """The bearer token clients must send, from api_token or api_token_file (None: no auth)."""
+        if self.api_token is not None:
+            return self.api_token.get_secret_value()
+        if self.api_token_file is not None:
+            return self.api_token_file.read_text().strip()
+        return None
+
+    @property
     def model_entries(self) -> list[ModelEntry] | None:
         """`models` parsed: which versions of which models to load (None: every model's latest)."""
         return None if self.models is None else [parse_model_entry(v) for v in self.models]
@@ -177,6 +200,23 @@ class Settings(BaseSettings):
         # A batch that may wait longer than any request lives would time every request out.
         if self.max_delay_ms / 1000.0 >= self.request_timeout_s:
             raise ValueError("max_delay_ms must be shorter than request_timeout_s")
+        return self
+
+    @model_validator(mode="after")
+    def _one_usable_token(self) -> Settings:
+        if self.api_token is not None and self.api_token_file is not None:
+            raise ValueError("set api_token or api_token_file, not both")
+        if self.api_token_file is not None:
+            try:
+                text = self.api_token_file.read_text().strip()
+            except OSError as exc:
+                raise ValueError(
+                    f"api_token_file: cannot read {self.api_token_file} ({exc.strerror})"
+                ) from None
+            if not text:
+                raise ValueError(f"api_token_file: {self.api_token_file} is empty")
+        if self.api_token is not None and not self.api_token.get_secret_value().strip():
+            raise ValueError("api_token is empty (unset it for no token)")
         return self
 
 

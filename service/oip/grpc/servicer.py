@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
+from ...api.auth import token_matches
 from ...core import Call
 from ...errors import GenserveError, InvalidInputError, MalformedBodyError, NotReadyError
 from ...lifecycle import Lifecycle
@@ -126,10 +127,24 @@ def decode_infer(request: Any) -> InferRequest:
 class InferenceServicer:
     """GRPCInferenceService over the data plane."""
 
-    def __init__(self, plane: DataPlane, lifecycle: Lifecycle, metrics: Metrics) -> None:
+    def __init__(
+        self, plane: DataPlane, lifecycle: Lifecycle, metrics: Metrics, token: str | None = None
+    ) -> None:
         self.plane = plane
         self.lifecycle = lifecycle
         self.metrics = metrics
+        self.token = token
+
+    async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
+        """UNAUTHENTICATED without the server's token (`authorization: Bearer <token>` metadata)."""
+        if self.token is None:
+            return
+        sent = next((v for k, v in context.invocation_metadata() or () if k == "authorization"), None)
+        if not token_matches(sent if isinstance(sent, str) else None, self.token):
+            await context.abort(
+                grpc.StatusCode.UNAUTHENTICATED,
+                "send the server's token: metadata authorization: Bearer <token>",
+            )
 
     async def _answer(
         self, rpc: str, context: grpc.aio.ServicerContext, work: Callable[[dict[str, str]], Awaitable[T]]
@@ -138,7 +153,11 @@ class InferenceServicer:
         labels = {"model": "-", "version": "-"}
         start, code = time.perf_counter(), "OK"
         try:
+            await self._authorize(context)
             return await work(labels)
+        except grpc.aio.AbortError:
+            code = "UNAUTHENTICATED"
+            raise
         except GenserveError as exc:
             code = grpc_code(exc).name
             await context.abort(grpc_code(exc), exc.detail)
@@ -158,6 +177,7 @@ class InferenceServicer:
         return pb.ServerReadyResponse(ready=self.lifecycle.accepting)
 
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorize(context)  # not a probe: it names a model
         try:
             self.plane.resolve(request.name, request.version or None)
         except GenserveError:
@@ -165,6 +185,7 @@ class InferenceServicer:
         return pb.ModelReadyResponse(ready=self.lifecycle.accepting)
 
     async def ServerMetadata(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
+        await self._authorize(context)
         meta = self.plane.server_metadata()
         return pb.ServerMetadataResponse(
             name=meta["name"], version=meta["version"], extensions=meta["extensions"]
@@ -228,7 +249,13 @@ def _not_accepting() -> GenserveError:
 
 
 async def start_grpc(
-    plane: DataPlane, lifecycle: Lifecycle, metrics: Metrics, host: str, port: int, max_bytes: int
+    plane: DataPlane,
+    lifecycle: Lifecycle,
+    metrics: Metrics,
+    host: str,
+    port: int,
+    max_bytes: int,
+    token: str | None = None,
 ) -> grpc.aio.Server:
     """A gRPC server on host:port over the data plane, started on the running event loop."""
     server = grpc.aio.server(
@@ -237,7 +264,9 @@ async def start_grpc(
             ("grpc.max_send_message_length", -1),
         ]
     )
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane, lifecycle, metrics), server)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(
+        InferenceServicer(plane, lifecycle, metrics, token), server
+    )
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot bind the gRPC port {host}:{port}")
     await server.start()

@@ -208,3 +208,34 @@ def test_kserve_client_over_rest_and_grpc_gets_the_genserve_api_numbers(server: 
     for way in ("rest", "grpc_raw", "grpc_typed"):
         assert got[way]["log_likelihood"] == expected, way
         assert got[way]["is_outlier"] == [row["outlier"]["is_outlier"] for row in rest["results"]]
+
+
+def test_with_a_token_grpc_and_http_clients_need_it(tiny_store: Path) -> None:
+    tg = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    port = free_port()
+    env = {"GENSERVE_THREADS": "1", "GENSERVE_GRPC_PORT": str(port), "GENSERVE_API_TOKEN": "tok-1"}
+    with uvicorn_server(tiny_store, **env) as url:
+        good = {"authorization": "Bearer tok-1"}
+        grpc_client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+        assert grpc_client.is_server_live() and grpc_client.is_server_ready()  # probes stay open
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            grpc_client.get_server_metadata()
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            grpc_client.get_server_metadata(headers={"authorization": "Bearer nope"})
+        assert grpc_client.get_server_metadata(headers=good).name == "genserve"
+        n = tg.InferInput("n", [1], "INT64")
+        n.set_data_from_numpy(np.array([2], dtype=np.int64))
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            grpc_client.infer("gan-digits.sample", [n])
+        assert grpc_client.infer("gan-digits.sample", [n], headers=good).as_numpy("samples").shape == (
+            2,
+            1,
+            8,
+            8,
+        )
+        http_client = th.InferenceServerClient(url.removeprefix("http://"))
+        with pytest.raises(InferenceServerException, match="token"):
+            http_client.get_server_metadata()
+        assert http_client.get_server_metadata(headers=good)["name"] == "genserve"
