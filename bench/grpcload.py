@@ -19,7 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
+
+from bench.httpload import summarize
 
 METHOD = "/inference.GRPCInferenceService/ModelInfer"
 
@@ -45,22 +46,7 @@ async def run(port: int, request: bytes, concurrency: int, duration: float) -> d
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    lat = np.array([s[0] for s in samples]) * 1000.0
-    statuses: dict[str, int] = {}
-    for _, code in samples:
-        statuses[code] = statuses.get(code, 0) + 1
-    return {
-        "concurrency": concurrency,
-        "requests": len(samples),
-        "errors": sum(1 for s in samples if s[1] != "OK"),
-        "statuses": statuses,
-        "seconds": elapsed,
-        "throughput_rps": len(samples) / elapsed,
-        "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
-        "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
-        "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
-        "mean_ms": float(lat.mean()) if len(lat) else None,
-    }
+    return summarize(samples, concurrency, elapsed, ok="OK")
 
 
 def main() -> None:

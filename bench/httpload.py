@@ -87,15 +87,19 @@ async def run(
         *(_worker(host, port, payload, deadline, budget, samples) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - start
+    return summarize([(t, str(code)) for t, code in samples], concurrency, elapsed, ok="200")
+
+
+def summarize(samples: list[tuple[float, str]], concurrency: int, elapsed: float, ok: str) -> dict[str, Any]:
+    """Throughput and latency percentiles of (seconds, status) samples; `ok` is success."""
     lat = np.array([s[0] for s in samples]) * 1000.0
-    errors = sum(1 for s in samples if s[1] != 200)
     statuses: dict[str, int] = {}
     for _, code in samples:
-        statuses[str(code)] = statuses.get(str(code), 0) + 1
+        statuses[code] = statuses.get(code, 0) + 1
     return {
         "concurrency": concurrency,
         "requests": len(samples),
-        "errors": errors,
+        "errors": sum(1 for s in samples if s[1] != ok),
         "statuses": statuses,
         "seconds": elapsed,
         "throughput_rps": len(samples) / elapsed,
