@@ -31,7 +31,7 @@ async def run(port: int, request: bytes, concurrency: int, duration: float) -> d
     async with grpc.aio.insecure_channel(f"127.0.0.1:{port}", options=options) as channel:
         # Bytes in, bytes out: the serialized request as is, the answer left undecoded.
         call = channel.unary_unary(METHOD, request_serializer=None, response_deserializer=None)
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         deadline = start + duration
 
         async def worker() -> None:
@@ -46,7 +46,9 @@ async def run(port: int, request: bytes, concurrency: int, duration: float) -> d
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         elapsed = time.perf_counter() - start
-    return summarize(samples, concurrency, elapsed, ok="OK")
+    out = summarize(samples, concurrency, elapsed, ok="OK")
+    out["cpu_s"] = time.process_time() - cpu  # this generator's own CPU during the run, start-up excluded
+    return out
 
 
 def main() -> None:

@@ -81,13 +81,15 @@ async def run(
     """Drive the server; returns throughput and latency percentiles."""
     samples: list[tuple[float, int]] = []
     budget = [requests if requests is not None else -1]
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     deadline = start + duration
     await asyncio.gather(
         *(_worker(host, port, payload, deadline, budget, samples) for _ in range(concurrency))
     )
     elapsed = time.perf_counter() - start
-    return summarize([(t, str(code)) for t, code in samples], concurrency, elapsed, ok="200")
+    out = summarize([(t, str(code)) for t, code in samples], concurrency, elapsed, ok="200")
+    out["cpu_s"] = time.process_time() - cpu  # this generator's own CPU during the run, start-up excluded
+    return out
 
 
 def summarize(samples: list[tuple[float, str]], concurrency: int, elapsed: float, ok: str) -> dict[str, Any]:

@@ -80,27 +80,21 @@ def grpc_load(port: int, request: bytes, concurrency: int, duration: float) -> d
 
 
 def _measured(cmd: list[str]) -> dict[str, Any]:
-    """Run a load generator process; its JSON line plus the CPU seconds it used."""
-    before = os.times()
+    """Run a load generator process; its JSON line, with its CPU share of the run."""
     out = subprocess.run(cmd, capture_output=True, text=True, check=True)
-    after = os.times()
-    result: dict[str, Any] = json.loads(out.stdout)
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    result["generator_cpu_s"] = cpu
-    result["generator_cpu_share"] = cpu / result["seconds"] if result["seconds"] else None
+    return _with_cpu(json.loads(out.stdout))
+
+
+def _with_cpu(result: dict[str, Any]) -> dict[str, Any]:
+    """The generator's own CPU during the run (its start-up excluded) as a share of the run."""
+    result["generator_cpu_share"] = result["cpu_s"] / result["seconds"] if result["seconds"] else None
     return result
 
 
 def http_load(
     port: int, path: str, body: bytes, duration: float, content_type: str, headers: list[str] | None = None
 ) -> dict[str, Any]:
-    before = os.times()
-    result = load(port, path, body, 1, duration, content_type, headers=headers)
-    after = os.times()
-    cpu = (after.children_user - before.children_user) + (after.children_system - before.children_system)
-    result["generator_cpu_s"] = cpu
-    result["generator_cpu_share"] = cpu / result["seconds"] if result["seconds"] else None
-    return result
+    return _with_cpu(load(port, path, body, 1, duration, content_type, headers=headers))
 
 
 def main() -> None:

@@ -226,10 +226,11 @@ class DataPlane:
 
     # --- inference ---------------------------------------------------------------------
     async def infer(
-        self, oip_name: str, version: str | None, request: InferRequest, call: Call
+        self, model: LoadedModel, operation: str, request: InferRequest, call: Call
     ) -> InferResponse:
-        """Run one inference request through the core and name its outputs."""
-        model, operation = self.resolve(oip_name, version)
+        """Run one inference request on a model version and operation from `resolve`, through
+        the core, and name its outputs."""
+        oip_name = f"{model.name}.{operation}"
         inputs, outputs = self.signature(model, operation)
         allowed = {t.name: t for t in inputs}
         for name in request.inputs:

@@ -86,11 +86,11 @@ async def _infer(request: Request, name: str, version: str | None) -> Response:
     call = rest_call(request, "/v2/infer", None)
     body = await request.body()
     plane = _plane(request)
-    model, _ = plane.resolve(name, version)  # an unknown model is a 404 whatever the body
+    model, operation = plane.resolve(name, version)  # an unknown model is a 404 whatever the body
     request.state.model = model.name
     request.state.model_version = str(model.version.version)
     decoded = decode(body, request.headers.get(HEADER_LENGTH))
-    answer = await plane.infer(name, version, decoded, call)
+    answer = await plane.infer(model, operation, decoded, call)
     response = encode(answer, bool(decoded.parameters.get("binary_data_output") is True))
     call.stages.done(model.name, model.version.version, "serialize")
     return response

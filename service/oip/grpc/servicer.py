@@ -215,11 +215,9 @@ class InferenceServicer:
             if not self.lifecycle.accepting:
                 raise _not_accepting()
             call = Call(StageTimer(self.metrics, "grpc:ModelInfer"))
-            model, _ = self.plane.resolve(request.model_name, request.model_version or None)
+            model, operation = self.plane.resolve(request.model_name, request.model_version or None)
             labels.update(model=model.name, version=str(model.version.version))
-            answer = await self.plane.infer(
-                request.model_name, request.model_version or None, decode_infer(request), call
-            )
+            answer = await self.plane.infer(model, operation, decode_infer(request), call)
             out = pb.ModelInferResponse(
                 model_name=answer.model_name,
                 model_version=answer.model_version,

@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from service.config import Settings
+from service.oip.tensors import DTYPES
 from tests.service.asgi import Client
 
 HEADER = "inference-header-content-length"
@@ -40,8 +41,6 @@ def outputs(response: Any) -> dict[str, np.ndarray]:
     head = orjson.loads(body if length is None else body[: int(length)])
     offset = 0 if length is None else int(length)
     out = {}
-    from service.oip.tensors import DTYPES
-
     for o in head["outputs"]:
         dtype = DTYPES[o["datatype"]]
         if "data" in o:
