@@ -24,6 +24,8 @@ from .config import Settings, load_settings
 from .core import Operations
 from .lifecycle import Lifecycle, LifecycleMiddleware, is_model_work
 from .metrics import Metrics
+from .model_control import ModelControl
+from .oip import repository as oip_repository
 from .oip import rest as oip_rest
 from .oip.dataplane import DataPlane
 from .registry import Registry
@@ -100,9 +102,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         registry = Registry(settings, batcher, metrics)
         app.state.registry = registry
         app.state.operations = Operations(registry, settings, metrics, lifecycle)
-        app.state.oip = DataPlane(app.state.operations)
+        explicit = settings.model_control == "explicit"
+        app.state.oip = DataPlane(app.state.operations, model_repository=explicit)
         registry.load()  # raises DeviceUnavailableError for device=cuda without a GPU
         await registry.warm_up()
+        control = app.state.control = ModelControl(registry, settings, lifecycle, metrics)
+        control.adopt()
         # Live but not ready on a bad store: the process stays up so an orchestrator can
         # report why (in /health/ready and the log) instead of restarting it in a loop.
         partial = settings.allow_partial and bool(registry.loaded)
@@ -120,9 +125,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 settings.grpc_port,
                 settings.max_body_bytes,
                 settings.token,
+                control if settings.model_control == "explicit" else None,
             )
             log.info("Open Inference Protocol over gRPC on %s:%d", settings.host, settings.grpc_port)
         metrics.ready.set(1 if lifecycle.accepting else 0)
+        control.start()
+        if settings.model_control != "none":
+            log.info("model control: %s", settings.model_control)
         if registry.ready:
             log.info(
                 "genserve %s ready: %d model(s) from %s",
@@ -148,6 +157,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 await grpc_server.stop(grace=settings.grace_period_s)
             lifecycle.state = "stopped"
             metrics.ready.set(0)
+            await control.stop()
             await batcher.close()
             unloaded = len(registry.loaded)
             registry.close()
@@ -167,6 +177,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(oip_rest.router)
+    if settings.model_control == "explicit":  # elsewhere the repository routes are 404
+        app.include_router(oip_repository.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
     # Inside the metrics middleware, so refusals while draining are counted as 503s.
     app.add_middleware(LifecycleMiddleware, lifecycle=lifecycle, metrics=metrics)

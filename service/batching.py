@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .engine import GraphCaller
-from .errors import OverloadedError
+from .errors import NotReadyError, OverloadedError
 from .metrics import Metrics
 from .runtime import Arrays, Backend
 
@@ -79,7 +79,11 @@ class Batcher:
         self._lanes = (
             ThreadPoolExecutor(max_workers=lanes, thread_name_prefix="genserve-lane") if lanes > 1 else None
         )
-        self._queues: dict[tuple[str, str], _Queue] = {}
+        # Keyed by the backend too: an unloaded version loaded again gets fresh queues, never
+        # the old ones that hold the closed backend.
+        self._queues: dict[tuple[str, str, int], _Queue] = {}
+        self._running: Backend | None = None  # the backend of the batch being computed
+        self._finished: asyncio.Event | None = None
         self._waiting: dict[str, int] = {}  # model -> queued calls
         self._wake: asyncio.Event | None = None
         self._task: asyncio.Task[None] | None = None
@@ -92,7 +96,7 @@ class Batcher:
         limits = limits or BatchLimits()
 
         async def call(graph: str, inputs: Mapping[str, np.ndarray], units: int | None = None) -> Arrays:
-            key = (model, graph)
+            key = (model, graph, id(backend))
             queue = self._queues.get(key)
             if queue is None:
                 queue = self._queues[key] = _Queue(model, graph, backend, limits)
@@ -107,6 +111,22 @@ class Batcher:
         if backend.lanes > 1:
             await loop.run_in_executor(self._executor, backend.run_lane, graph, inputs)
         return out
+
+    async def release(self, backend: Backend) -> None:
+        """Forget a backend about to be closed: wait for a batch running on it to end, then
+        drop its queues. Its callers have all finished (see Registry.retire), so the queues
+        are empty; a call left behind anyway fails instead of running on a closed backend."""
+        while self._running is backend:
+            self._finished = self._finished or asyncio.Event()
+            await self._finished.wait()
+        for key, q in list(self._queues.items()):
+            if q.backend is backend:
+                del self._queues[key]
+                for c in q.calls:
+                    if not c.future.done():
+                        c.future.set_exception(NotReadyError("that model version was unloaded; retry"))
+                self._count(q, -len(q.calls))
+                q.calls.clear()
 
     def queued(self, model: str) -> int:
         """Calls waiting for `model` (for metrics and health)."""
@@ -217,6 +237,7 @@ class Batcher:
                 feeds = batch[0].inputs
             else:
                 feeds = {k: np.concatenate([c.inputs[k] for c in batch]) for k in batch[0].inputs}
+            self._running = q.backend
             try:
                 outs = await self._execute(q.backend, q.graph, feeds, q.limits.max_batch)
             except Exception as exc:  # a runtime failure fails the calls, not the scheduler
@@ -224,6 +245,11 @@ class Batcher:
                     if not c.future.done():
                         c.future.set_exception(exc)
                 continue
+            finally:
+                self._running = None
+                if self._finished is not None:
+                    self._finished.set()
+                    self._finished = None
             self.batches += 1
             done = time.perf_counter()
             start = 0

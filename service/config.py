@@ -68,6 +68,16 @@ class Settings(BaseSettings):
         "(that version; list several to serve them side by side). Default: the latest version of "
         "every model.",
     )
+    model_control: Literal["none", "poll", "explicit"] = Field(
+        default="none",
+        description='Live model management (docs/deploy.md, "Model updates"): none (the models '
+        "loaded at start-up serve until a restart), poll (load each newly published version of the "
+        "models that follow their latest), explicit (the OIP repository routes load and unload "
+        "models; needs a token).",
+    )
+    poll_interval_s: float = Field(
+        default=5.0, gt=0.0, le=3600.0, description="With model_control=poll: how often the store is read."
+    )
     threads: int | None = Field(default=None, ge=1, description="Runtime intra-op threads (default: cores).")
     lanes: int | None = Field(
         default=None,
@@ -217,6 +227,16 @@ class Settings(BaseSettings):
                 raise ValueError(f"api_token_file: {self.api_token_file} is empty")
         if self.api_token is not None and not self.api_token.get_secret_value().strip():
             raise ValueError("api_token is empty (unset it for no token)")
+        return self
+
+    @model_validator(mode="after")
+    def _explicit_needs_token(self) -> Settings:
+        # Whoever may load and unload models controls the server: never without a token.
+        if self.model_control == "explicit" and self.api_token is None and self.api_token_file is None:
+            raise ValueError(
+                "model_control=explicit needs an access token: set GENSERVE_API_TOKEN or "
+                "GENSERVE_API_TOKEN_FILE (the management routes always require it)"
+            )
         return self
 
 

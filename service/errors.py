@@ -123,3 +123,11 @@ class DeadlineExceededError(GenserveError):
     status = 504
     type = "deadline-exceeded"
     title = "Deadline exceeded"
+
+
+class ModelLoadError(GenserveError):
+    """A model version failed verification, loading or warm-up; whatever served before still does."""
+
+    status = 400
+    type = "model-load-failed"
+    title = "Model version refused"

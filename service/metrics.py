@@ -63,6 +63,13 @@ class Metrics:
             ["model", "version", "family", "backend", "device"],
             registry=self.registry,
         )
+        self.model_loads = Counter(
+            "genserve_model_loads",
+            "Live model management: versions loaded, refused (failed verification, loading or "
+            "warm-up; the old version kept serving) and unloaded.",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
         self.ready = Gauge(
             "genserve_ready", "1 when every model is loaded and warmed up.", registry=self.registry
         )

@@ -209,6 +209,15 @@ class ModelStore:
             raise ModelNotFoundError(f"no model named {name!r} in the store")
         return versions[-1]
 
+    def fingerprint(self, name: str, version: int) -> tuple[tuple[str, int, int], ...]:
+        """Each file's name, size and modification time in a version folder: cheap to read,
+        and different once anything in it was rewritten (a refused version repaired in place)."""
+        try:
+            path = self._version_dir(name, version)
+            return tuple((c.name, (st := c.stat()).st_size, st.st_mtime_ns) for c in sorted(path.iterdir()))
+        except OSError:
+            return ()
+
     # --- reading and verifying -----------------------------------------------------------
     def open(self, name: str, version: int | None = None, verify: bool = True) -> ModelVersion:
         """Open `name` at `version` (default: latest), verifying every hash unless told not to."""

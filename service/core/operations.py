@@ -51,6 +51,10 @@ class Operations:
 
     async def sample(self, model: LoadedModel, q: SampleQuery, call: Call) -> SampleResult:
         """Draw q.n samples; unlabelled draws of a conditional model take labels from its class prior."""
+        with model.in_use():  # an unload of this version waits for the answer
+            return await self._sample(model, q, call)
+
+    async def _sample(self, model: LoadedModel, q: SampleQuery, call: Call) -> SampleResult:
         spec, engine, kind = model.manifest.dataset, model.engine, model.kind
         limit = self.settings.sample_cap(model.manifest.family, kind.name)
         if q.n > limit:
@@ -88,6 +92,10 @@ class Operations:
 
     async def score(self, model: LoadedModel, q: ScoreQuery, call: Call) -> ScoreResult:
         """Log-likelihoods, the label posterior when no labels are given, outlier verdicts."""
+        with model.in_use():  # an unload of this version waits for the answer
+            return await self._score(model, q, call)
+
+    async def _score(self, model: LoadedModel, q: ScoreQuery, call: Call) -> ScoreResult:
         spec, engine, manifest, kind = model.manifest.dataset, model.engine, model.manifest, model.kind
         engine.ensure_can_score()
         x = kind.check_inputs(q.inputs, "inputs", self.settings.max_rows)
@@ -135,6 +143,10 @@ class Operations:
 
     async def reconstruct(self, model: LoadedModel, q: ReconstructQuery, call: Call) -> ReconstructResult:
         """VAE/flow reconstructions and latents; PixelCNN completion of the entries where mask is 0."""
+        with model.in_use():  # an unload of this version waits for the answer
+            return await self._reconstruct(model, q, call)
+
+    async def _reconstruct(self, model: LoadedModel, q: ReconstructQuery, call: Call) -> ReconstructResult:
         settings = self.settings
         spec, engine, kind = model.manifest.dataset, model.engine, model.kind
         engine.ensure_can_reconstruct()

@@ -101,15 +101,17 @@ def _batch(shape: tuple[int, ...]) -> list[int]:
 class DataPlane:
     """Server and model metadata, readiness and inference, over the core's operations."""
 
-    def __init__(self, operations: Operations) -> None:
+    def __init__(self, operations: Operations, model_repository: bool = False) -> None:
         self.operations = operations
+        # The model-repository extension is offered in explicit model control alone.
+        self.extensions = [*EXTENSIONS, *(["model_repository"] if model_repository else [])]
         # A loaded model version's tensors never change: computed once per (version, operation).
         self._signatures: dict[tuple[str, int, str], tuple[list[TensorMeta], list[TensorMeta]]] = {}
 
     # --- discovery ---------------------------------------------------------------------
     def server_metadata(self) -> dict[str, Any]:
         """GET /v2: name, version, extensions."""
-        return {"name": SERVER_NAME, "version": __version__, "extensions": list(EXTENSIONS)}
+        return {"name": SERVER_NAME, "version": __version__, "extensions": list(self.extensions)}
 
     def resolve(self, oip_name: str, version: str | None) -> tuple[LoadedModel, str]:
         """The loaded model version and the operation an OIP model name stands for."""

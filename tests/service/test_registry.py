@@ -7,7 +7,6 @@ warm), and a request that names no version gets the highest one loaded.
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,23 +14,10 @@ from pathlib import Path
 import pytest
 
 from service.config import Settings
-from service.store import MANIFEST, ModelStore
 from tests.service.asgi import Client
+from tests.service.publishing import republish
 
 MODEL = "vae-digits"
-
-
-def republish(root: Path, name: str) -> int:
-    """Publish the latest version's files again as a new version; its number."""
-    store = ModelStore(root)
-    latest = store.open(name)
-    fields = json.loads((latest.path / MANIFEST).read_text())
-    for key in ("name", "version", "files"):
-        fields.pop(key)
-    with store.staging(name) as stage:
-        for entry in latest.manifest.files:
-            shutil.copy2(latest.path / entry.path, stage.path / entry.path)
-        return stage.commit(fields).version
 
 
 @pytest.fixture(scope="module")

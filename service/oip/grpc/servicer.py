@@ -20,7 +20,9 @@ from ...core import Call
 from ...errors import GenserveError, InvalidInputError, MalformedBodyError, NotReadyError
 from ...lifecycle import Lifecycle
 from ...metrics import Metrics, StageTimer
+from ...model_control import ModelControl
 from ..dataplane import DataPlane, InferRequest, RequestedOutput
+from ..parameters import LoadParameters, UnloadParameters, parse_parameters
 from ..tensors import DTYPES, InputTensor, array_from_bytes, datatype_of, raw_bytes
 from .compile import stubs
 
@@ -36,6 +38,7 @@ _CODES = {
     415: grpc.StatusCode.INVALID_ARGUMENT,
     422: grpc.StatusCode.INVALID_ARGUMENT,
     499: grpc.StatusCode.CANCELLED,
+    501: grpc.StatusCode.UNIMPLEMENTED,
     503: grpc.StatusCode.UNAVAILABLE,
     504: grpc.StatusCode.DEADLINE_EXCEEDED,
 }
@@ -128,12 +131,18 @@ class InferenceServicer:
     """GRPCInferenceService over the data plane."""
 
     def __init__(
-        self, plane: DataPlane, lifecycle: Lifecycle, metrics: Metrics, token: str | None = None
+        self,
+        plane: DataPlane,
+        lifecycle: Lifecycle,
+        metrics: Metrics,
+        token: str | None = None,
+        control: ModelControl | None = None,
     ) -> None:
         self.plane = plane
         self.lifecycle = lifecycle
         self.metrics = metrics
         self.token = token
+        self.control = control  # explicit model control only: the repository RPCs
 
     async def _authorize(self, context: grpc.aio.ServicerContext) -> None:
         """UNAUTHENTICATED without the server's token (`authorization: Bearer <token>` metadata)."""
@@ -232,14 +241,52 @@ class InferenceServicer:
 
         return await self._answer("ModelInfer", context, work)
 
+    def _repository(self) -> ModelControl:
+        if self.control is None:
+            raise RepositoryOffError(
+                "model management is off: start the server with GENSERVE_MODEL_CONTROL=explicit"
+            )
+        if self.lifecycle.draining:
+            raise _not_accepting()
+        return self.control
+
     async def RepositoryIndex(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model management is off (GENSERVE_MODEL_CONTROL)")
+        async def work(_: dict[str, str]) -> Any:
+            entries = self._repository().index(ready_only=request.ready)
+            index = pb.RepositoryIndexResponse.ModelIndex
+            return pb.RepositoryIndexResponse(
+                models=[
+                    index(name=e.name, version=e.version, state=e.state, reason=e.reason) for e in entries
+                ]
+            )
+
+        return await self._answer("RepositoryIndex", context, work)
 
     async def RepositoryModelLoad(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model management is off (GENSERVE_MODEL_CONTROL)")
+        async def work(_: dict[str, str]) -> Any:
+            control = self._repository()
+            params = parse_parameters(LoadParameters, _parameters(request.parameters))
+            await control.load(request.model_name, params.version)
+            return pb.RepositoryModelLoadResponse()
+
+        return await self._answer("RepositoryModelLoad", context, work)
 
     async def RepositoryModelUnload(self, request: Any, context: grpc.aio.ServicerContext) -> Any:
-        await context.abort(grpc.StatusCode.UNIMPLEMENTED, "model management is off (GENSERVE_MODEL_CONTROL)")
+        async def work(_: dict[str, str]) -> Any:
+            control = self._repository()
+            parse_parameters(UnloadParameters, _parameters(request.parameters))
+            await control.unload(request.model_name)
+            return pb.RepositoryModelUnloadResponse()
+
+        return await self._answer("RepositoryModelUnload", context, work)
+
+
+class RepositoryOffError(GenserveError):
+    """A repository RPC while model management is off: gRPC's UNIMPLEMENTED (REST: 404)."""
+
+    status = 501
+    type = "not-implemented"
+    title = "Not implemented"
 
 
 def _not_accepting() -> GenserveError:
@@ -254,6 +301,7 @@ async def start_grpc(
     port: int,
     max_bytes: int,
     token: str | None = None,
+    control: ModelControl | None = None,
 ) -> grpc.aio.Server:
     """A gRPC server on host:port over the data plane, started on the running event loop."""
     server = grpc.aio.server(
@@ -263,7 +311,7 @@ async def start_grpc(
         ]
     )
     pb_grpc.add_GRPCInferenceServiceServicer_to_server(
-        InferenceServicer(plane, lifecycle, metrics, token), server
+        InferenceServicer(plane, lifecycle, metrics, token, control), server
     )
     if server.add_insecure_port(f"{host}:{port}") == 0:
         raise OSError(f"cannot bind the gRPC port {host}:{port}")

@@ -239,3 +239,53 @@ def test_with_a_token_grpc_and_http_clients_need_it(tiny_store: Path) -> None:
         with pytest.raises(InferenceServerException, match="token"):
             http_client.get_server_metadata()
         assert http_client.get_server_metadata(headers=good)["name"] == "genserve"
+
+
+def test_triton_clients_manage_models_in_explicit_mode(tiny_store: Path, tmp_path: Path, server: str) -> None:
+    """The repository extension through tritonclient (HTTP and gRPC): index, unload, load;
+    off (gRPC UNIMPLEMENTED, HTTP 404) on a server without explicit model control."""
+    import shutil
+
+    tg = pytest.importorskip("tritonclient.grpc")
+    from tritonclient.utils import InferenceServerException
+
+    off = tg.InferenceServerClient(f"127.0.0.1:{GRPC_PORT}")
+    with pytest.raises(InferenceServerException, match="UNIMPLEMENTED"):
+        off.get_model_repository_index()
+    with pytest.raises(InferenceServerException):
+        th.InferenceServerClient(server.removeprefix("http://")).load_model("flow-digits")
+
+    store = tmp_path / "store"
+    shutil.copytree(tiny_store / "flow-digits", store / "flow-digits")
+    port = free_port()
+    env = {
+        "GENSERVE_THREADS": "1",
+        "GENSERVE_GRPC_PORT": str(port),
+        "GENSERVE_API_TOKEN": "tok-2",
+        "GENSERVE_MODEL_CONTROL": "explicit",
+    }
+    good = {"authorization": "Bearer tok-2"}
+    with uvicorn_server(store, **env) as url:
+        http_client = th.InferenceServerClient(url.removeprefix("http://"))
+        grpc_client = tg.InferenceServerClient(f"127.0.0.1:{port}")
+        assert "model_repository" in http_client.get_server_metadata(headers=good)["extensions"]
+        with pytest.raises(InferenceServerException, match="token"):
+            http_client.get_model_repository_index()
+        with pytest.raises(InferenceServerException, match="UNAUTHENTICATED"):
+            grpc_client.unload_model("flow-digits")
+        assert http_client.get_model_repository_index(headers=good) == [
+            {"name": "flow-digits", "version": "1", "state": "READY", "reason": ""}
+        ]
+        grpc_client.unload_model("flow-digits.log_likelihood", headers=good)
+        assert not http_client.is_model_ready("flow-digits.log_likelihood", headers=good)
+        index = grpc_client.get_model_repository_index(headers=good).models
+        assert [(m.name, m.state, m.reason) for m in index] == [("flow-digits", "UNAVAILABLE", "not loaded")]
+        with pytest.raises(InferenceServerException, match="NOT_FOUND"):
+            grpc_client.load_model("nope", headers=good)
+        with pytest.raises(InferenceServerException, match="configuration"):
+            grpc_client.load_model("flow-digits", headers=good, config="{}")
+        grpc_client.load_model("flow-digits", headers=good)
+        assert grpc_client.is_model_ready("flow-digits.log_likelihood", headers=good)
+        http_client.unload_model("flow-digits", headers=good)
+        http_client.load_model("flow-digits", headers=good)
+        assert http_client.is_model_ready("flow-digits.sample", "1", headers=good)
