@@ -28,6 +28,7 @@ from collections import deque
 from collections.abc import Mapping
 from concurrent.futures import Executor, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 
@@ -189,10 +190,16 @@ class Batcher:
             return await loop.run_in_executor(self._executor, run_batch, backend, graph, feeds, max_batch)
         lanes = self._lanes
         pieces = _pieces(feeds, row_parts(rows, max_batch, backend.lanes))
+        # Every part finishes before this returns, failed or not: the backend is in use until
+        # then (an unload waits for this batch, see `release`).
         outs = await asyncio.gather(
-            *(loop.run_in_executor(lanes, backend.run_lane, graph, p) for p in pieces)
+            *(loop.run_in_executor(lanes, backend.run_lane, graph, p) for p in pieces),
+            return_exceptions=True,
         )
-        return _joined(outs)
+        for out in outs:
+            if isinstance(out, BaseException):
+                raise out
+        return _joined(cast(list[Arrays], outs))
 
     def _oldest(self) -> _Queue | None:
         best: _Queue | None = None

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
 from .config import Settings
-from .errors import FieldError, GenserveError, ModelLoadError, ModelNotFoundError
+from .errors import FieldError, GenserveError, ModelLoadError, ModelNotFoundError, NotReadyError
 from .metrics import Metrics
 from .registry import LoadedModel, Registry
 from .store import ModelNotFoundError as NoSuchVersionError
@@ -39,6 +39,7 @@ log = logging.getLogger("genserve.models")
 State = Literal["READY", "UNLOADING", "UNAVAILABLE"]
 # The operations an OIP model name may end in: `load flow-digits.sample` loads flow-digits.
 _OPERATION_SUFFIXES = (".sample", ".log_likelihood", ".reconstruct")
+ABSENT_POLLS = 2  # polls in a row a followed model must be missing from the store to be unloaded
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,7 @@ class IndexEntry:
     reason: str = ""
 
 
-Fingerprint = tuple[tuple[str, int, int], ...]
+Fingerprint = tuple[tuple[str, int, int, int, int], ...]
 
 
 class ModelControl:
@@ -76,6 +77,7 @@ class ModelControl:
         self.following: dict[str, int] = {}  # followed model -> the version serving for it
         self.rejected: dict[tuple[str, int], tuple[str, Fingerprint]] = {}
         self.retiring: dict[int, tuple[LoadedModel, asyncio.Task[None]]] = {}
+        self._absent: dict[str, int] = {}  # followed model -> polls in a row it was not in the store
         self._lock = asyncio.Lock()
         self._poller: asyncio.Task[None] | None = None
 
@@ -138,26 +140,42 @@ class ModelControl:
             for name in sorted(self.follow):
                 if name not in listing:  # unreadable this time: leave it as it is
                     continue
-                versions = listing[name]
-                if not versions:
-                    if name in self.following:
-                        log.warning("model %s has no version left in the store; unloading it", name)
-                    self._stop_following(name)
-                    self._retire_unwanted(name)
-                    continue
-                latest = versions[-1]
-                if latest == self.following.get(name) or self._known_bad(name, latest):
-                    continue
-                with contextlib.suppress(ModelLoadError):  # recorded and logged by _load
-                    await self._load(name, latest, name)
-                    self.following[name] = latest
-                    self._retire_unwanted(name)
+                try:
+                    await self._poll_model(name, listing[name])
+                except Exception:  # one model's trouble must not starve the others
+                    log.exception("polling model %s failed", name)
+
+    async def _poll_model(self, name: str, versions: list[int]) -> None:
+        if not versions:
+            # Gone from a store that could be read: unloaded only when it is still gone at
+            # the next poll (a version folder being replaced by hand, a slow remount), and
+            # still followed, so that a version published again is loaded again.
+            self._absent[name] = self._absent.get(name, 0) + 1
+            if self._absent[name] >= ABSENT_POLLS and name in self.following:
+                log.warning("model %s has no version left in the store; unloading it", name)
+                self.following.pop(name)
+                self._retire_unwanted(name)
+            return
+        self._absent.pop(name, None)
+        latest = versions[-1]
+        if latest == self.following.get(name) or self._known_bad(name, latest):
+            return
+        with contextlib.suppress(ModelLoadError):  # recorded and logged by _load
+            await self._load(name, latest, name)
+            self.following[name] = latest
+            self._retire_unwanted(name)
 
     def _listing(self) -> dict[str, list[int]] | None:
-        """Each model's published versions; a model that cannot be read is left out."""
+        """Each model's published versions; a model that cannot be read is left out, and
+        a store root that is missing or unreadable gives None (nothing is unloaded for it)."""
         try:
+            if not self.store.root.is_dir():
+                log.warning(
+                    "the model store %s is missing; nothing changes until it is back", self.store.root
+                )
+                return None
             names = set(self.store.names()) if self.every_model else set()
-        except StoreError as exc:
+        except (StoreError, OSError) as exc:
             log.warning("cannot list the model store: %s", exc)
             return None
         found: dict[str, list[int]] = {}
@@ -204,6 +222,8 @@ class ModelControl:
             self._stop_following(name)
             for label in [k for k in self.registry.failures if k.partition("@")[0] == name]:
                 del self.registry.failures[label]
+            for n, v in [k for k in self.rejected if k[0] == name]:
+                self._forget_rejection(n, v)
             self._retire_unwanted(name)
             self._after_change()
 
@@ -215,8 +235,10 @@ class ModelControl:
             if name.endswith(suffix):
                 candidates.append(name.removesuffix(suffix))
         for candidate in candidates:
+            if loaded_ok and self.registry.versions(candidate):
+                return candidate
             try:
-                if self.store.versions(candidate) or (loaded_ok and self.registry.versions(candidate)):
+                if self.store.versions(candidate):
                     return candidate
             except StoreError:
                 continue
@@ -228,7 +250,7 @@ class ModelControl:
         try:
             names = set(self.store.names())
         except StoreError as exc:
-            raise ModelLoadError(f"cannot list the model store: {exc}") from None
+            raise NotReadyError(f"cannot list the model store: {exc}") from None
         entries: list[IndexEntry] = []
         names |= {n for n, _ in self.registry.loaded}
         for name in sorted(names):
@@ -257,11 +279,19 @@ class ModelControl:
         if existing is not None:  # a store version never changes: nothing to reload
             return existing
         log.info("loading model %s v%d", name, version)
+        # Taken before verifying: files that change while (or after) they are verified make
+        # a different fingerprint, so polling tries them again.
+        fingerprint = self.store.fingerprint(name, version)
         model: LoadedModel | None = None
         try:
             opened = await asyncio.to_thread(self.store.open, name, version)
             model = await asyncio.to_thread(self.registry.build, opened, label)
             await self.registry.warm(model)
+        except asyncio.CancelledError:  # shutdown, or a gRPC caller's deadline: not a verdict
+            if model is not None:
+                model.backend.close()
+            log.warning("loading model %s v%d was cancelled", name, version)
+            raise
         except Exception as exc:  # verification, the runtime (a cuda device too), warm-up
             if model is not None:  # built, then failed its warm-up
                 model.backend.close()
@@ -269,23 +299,30 @@ class ModelControl:
             else:
                 reason = exc.detail if isinstance(exc, GenserveError) else str(exc)
             if not isinstance(exc, NoSuchVersionError):  # nothing there to remember
-                self._reject(name, version, reason)
+                self._reject(name, version, reason, fingerprint)
             self.metrics.model_loads.labels(name, "refused").inc()
             serving = ", ".join(f"v{v}" for v in self.registry.versions(name)) or "nothing"
             log.error("model %s v%d refused (%s still serving): %s", name, version, serving, reason)
             raise ModelLoadError(f"{name} v{version} refused ({serving} still serving): {reason}") from None
         self.registry.activate(model)
-        self.rejected.pop((name, version), None)
-        self.registry.rejected.pop(f"{name}@{version}", None)
+        # A refusal of this version or an older one is history once this one serves.
+        for n, v in [k for k in self.rejected if k[0] == name and k[1] <= version]:
+            self._forget_rejection(n, v)
         for stale in (name, f"{name}@{version}", "store"):
             self.registry.failures.pop(stale, None)
         self.metrics.model_loads.labels(name, "loaded").inc()
         self._after_change()
         return model
 
-    def _reject(self, name: str, version: int, reason: str) -> None:
-        self.rejected[name, version] = (reason, self.store.fingerprint(name, version))
+    def _reject(self, name: str, version: int, reason: str, fingerprint: Fingerprint | None = None) -> None:
+        if fingerprint is None:
+            fingerprint = self.store.fingerprint(name, version)
+        self.rejected[name, version] = (reason, fingerprint)
         self.registry.rejected[f"{name}@{version}"] = reason
+
+    def _forget_rejection(self, name: str, version: int) -> None:
+        self.rejected.pop((name, version), None)
+        self.registry.rejected.pop(f"{name}@{version}", None)
 
     def _stop_following(self, name: str) -> None:
         self.follow.discard(name)

@@ -209,13 +209,17 @@ class ModelStore:
             raise ModelNotFoundError(f"no model named {name!r} in the store")
         return versions[-1]
 
-    def fingerprint(self, name: str, version: int) -> tuple[tuple[str, int, int], ...]:
-        """Each file's name, size and modification time in a version folder: cheap to read,
-        and different once anything in it was rewritten (a refused version repaired in place)."""
+    def fingerprint(self, name: str, version: int) -> tuple[tuple[str, int, int, int, int], ...]:
+        """Each file's name, size, inode and change times in a version folder: cheap to read,
+        and different once anything in it was rewritten or replaced (a refused version
+        repaired in place, even by a copy that keeps sizes and modification times)."""
         try:
             path = self._version_dir(name, version)
-            return tuple((c.name, (st := c.stat()).st_size, st.st_mtime_ns) for c in sorted(path.iterdir()))
-        except OSError:
+            return tuple(
+                (c.name, (st := c.stat()).st_size, st.st_ino, st.st_mtime_ns, st.st_ctime_ns)
+                for c in sorted(path.iterdir())
+            )
+        except (OSError, StoreError):
             return ()
 
     # --- reading and verifying -----------------------------------------------------------

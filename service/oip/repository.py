@@ -17,6 +17,7 @@ from ..api.parsing import parse_json
 from ..errors import InvalidInputError
 from ..model_control import IndexEntry, ModelControl
 from .parameters import IndexRequest, LoadParameters, UnloadParameters, parse_parameters
+from .schemas import Empty, IndexLine, RepositoryRequest, errors, json_body
 
 router = APIRouter(prefix="/v2/repository", tags=["model management"])
 
@@ -52,21 +53,36 @@ def index_json(entries: list[IndexEntry]) -> list[dict[str, str]]:
     return out
 
 
-@router.post("/index", summary="Every model in the store and every loaded version, with its state")
+@router.post(
+    "/index",
+    summary="Every model in the store and every loaded version, with its state",
+    responses={200: {"model": list[IndexLine]}, **errors()},
+    openapi_extra=json_body(IndexRequest, required=False),
+)
 async def index(request: Request) -> Response:
     asked = parse_parameters(IndexRequest, await _body(request), where=())
     entries = _control(request).index(ready_only=asked.ready)
     return Response(orjson.dumps(index_json(entries)), media_type="application/json")
 
 
-@router.post("/models/{name}/load", summary="Load a model (verified and warmed up before it serves)")
+@router.post(
+    "/models/{name}/load",
+    summary="Load a model (verified and warmed up before it serves)",
+    responses={200: {"model": Empty}, **errors(503)},
+    openapi_extra=json_body(RepositoryRequest, required=False),
+)
 async def load(request: Request, name: str) -> Response:
     params = parse_parameters(LoadParameters, _parameters(await _body(request)))
     await _control(request).load(name, params.version)
     return Response(b"{}", media_type="application/json")
 
 
-@router.post("/models/{name}/unload", summary="Unload a model (requests running on it finish first)")
+@router.post(
+    "/models/{name}/unload",
+    summary="Unload a model (requests running on it finish first)",
+    responses={200: {"model": Empty}, **errors(503)},
+    openapi_extra=json_body(RepositoryRequest, required=False),
+)
 async def unload(request: Request, name: str) -> Response:
     parse_parameters(UnloadParameters, _parameters(await _body(request)))
     await _control(request).unload(name)

@@ -18,9 +18,29 @@ from fastapi.responses import Response
 from ..api.execution import rest_call
 from ..errors import InvalidInputError, MalformedBodyError, NotReadyError
 from .dataplane import DataPlane, InferRequest, InferResponse, RequestedOutput
+from .schemas import (
+    InferenceRequest,
+    InferenceResponse,
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    ServerMetadata,
+    errors,
+    json_body,
+)
 from .tensors import datatype_of, raw_bytes, read_inputs
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol"])
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": InferenceResponse,
+        "content": {"application/octet-stream": {}},
+        "description": "The outputs: JSON, or (binary_data) the JSON header and the tensors' bytes after it",
+    },
+    **errors(503, 504),
+}
+INFER_BODY = json_body(InferenceRequest, binary=True)
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -33,51 +53,83 @@ def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-@router.get("", summary="Server metadata: name, version, extensions")
+@router.get(
+    "",
+    summary="Server metadata: name, version, extensions",
+    responses={200: {"model": ServerMetadata}, **errors()},
+)
 async def server_metadata(request: Request) -> Response:
     return _json(_plane(request).server_metadata())
 
 
-@router.get("/health/live", summary="The server is live")
+@router.get("/health/live", summary="The server is live", responses={200: {"model": Live}})
 async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/health/ready", summary="The server is ready for inference")
+@router.get(
+    "/health/ready",
+    summary="The server is ready for inference",
+    responses={200: {"model": Ready}, **errors(503)},
+)
 async def ready(request: Request) -> Response:
     if not request.app.state.lifecycle.accepting:
         raise NotReadyError("the server is not ready (see /health/ready for the reasons)")
     return _json({"ready": True})
 
 
-@router.get("/models/{name}", summary="Model metadata: versions, platform, input and output tensors")
+@router.get(
+    "/models/{name}",
+    summary="Model metadata: versions, platform, input and output tensors",
+    responses={200: {"model": ModelMetadata}, **errors()},
+)
 async def model_metadata(request: Request, name: str) -> Response:
     return _json(_plane(request).model_metadata(name, None))
 
 
-@router.get("/models/{name}/versions/{version}", summary="Metadata of one model version")
+@router.get(
+    "/models/{name}/versions/{version}",
+    summary="Metadata of one model version",
+    responses={200: {"model": ModelMetadata}, **errors()},
+)
 async def version_metadata(request: Request, name: str, version: str) -> Response:
     return _json(_plane(request).model_metadata(name, version))
 
 
-@router.get("/models/{name}/ready", summary="The model is ready")
+@router.get(
+    "/models/{name}/ready", summary="The model is ready", responses={200: {"model": ModelReady}, **errors()}
+)
 async def model_ready(request: Request, name: str) -> Response:
     _plane(request).resolve(name, None)  # 404 when it is not loaded
     return _json({"name": name, "ready": True})
 
 
-@router.get("/models/{name}/versions/{version}/ready", summary="The model version is ready")
+@router.get(
+    "/models/{name}/versions/{version}/ready",
+    summary="The model version is ready",
+    responses={200: {"model": ModelReady}, **errors()},
+)
 async def version_ready(request: Request, name: str, version: str) -> Response:
     _plane(request).resolve(name, version)
     return _json({"name": name, "ready": True})
 
 
-@router.post("/models/{name}/infer", summary="Inference on the model's highest loaded version")
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference on the model's highest loaded version",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
 async def infer(request: Request, name: str) -> Response:
     return await _infer(request, name, None)
 
 
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference on one model version")
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference on one model version",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
 async def version_infer(request: Request, name: str, version: str) -> Response:
     return await _infer(request, name, version)
 

@@ -23,6 +23,13 @@ MODEL = "flow-digits"
 TOKEN = "reload-t0ken"
 AUTH = {"authorization": f"Bearer {TOKEN}"}
 SCORE = {"model": MODEL, "inputs": [[[3] * 8] * 8], "labels": 1, "seed": 5}
+OIP_SCORE = {
+    "inputs": [
+        {"name": "inputs", "shape": [1, 1, 8, 8], "datatype": "INT64", "data": [3] * 64},
+        {"name": "labels", "shape": [1], "datatype": "INT64", "data": [1]},
+    ],
+    "parameters": {"seed": 5},
+}
 CONCURRENCY = 16
 
 
@@ -35,23 +42,34 @@ class Load:
         self._stop = threading.Event()
         self._thread = threading.Thread(target=lambda: asyncio.run(self._run()), daemon=True)
 
-    async def _client(self, http: httpx.AsyncClient) -> None:
+    async def _genserve(self, http: httpx.AsyncClient) -> None:
         while not self._stop.is_set():
             r = await http.post("/log-likelihood", json=SCORE)
-            ok = r.status_code == 200
-            body = r.json() if ok else None
+            body = r.json() if r.status_code == 200 else None
             self.answers.append(
                 (
                     r.status_code,
-                    body["version"] if body else None,
-                    body["results"][0]["log_likelihood"] if body else None,
+                    *((body["version"], body["results"][0]["log_likelihood"]) if body else (None, None)),
                 )
             )
+
+    async def _oip(self, http: httpx.AsyncClient) -> None:
+        while not self._stop.is_set():
+            r = await http.post(f"/v2/models/{MODEL}.log_likelihood/infer", json=OIP_SCORE)
+            body = r.json() if r.status_code == 200 else None
+            if body is None:
+                self.answers.append((r.status_code, None, None))
+                continue
+            ll = next(o["data"][0] for o in body["outputs"] if o["name"] == "log_likelihood")
+            self.answers.append((r.status_code, int(body["model_version"]), ll))
 
     async def _run(self) -> None:
         limits = httpx.Limits(max_connections=CONCURRENCY)
         async with httpx.AsyncClient(base_url=self.url, headers=AUTH, limits=limits, timeout=60) as http:
-            await asyncio.gather(*(self._client(http) for _ in range(CONCURRENCY)))
+            # half the clients on the genserve API, half on OIP: both fronts hold the version
+            await asyncio.gather(
+                *(self._genserve(http) if i % 2 else self._oip(http) for i in range(CONCURRENCY))
+            )
 
     def wait_for(self, what: Callable[[], bool], timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout

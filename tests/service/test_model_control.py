@@ -168,8 +168,39 @@ def test_poll_picks_up_new_models_and_unloads_removed_ones(store: Path, tiny_sto
         poll(c)
         assert [m["name"] for m in c.get("/models").json()] == [MODEL, "vae-digits"]
         shutil.rmtree(store / "vae-digits")
-        poll(c)
+        poll(c)  # gone once: perhaps being replaced; still served
+        assert [m["name"] for m in c.get("/models").json()] == [MODEL, "vae-digits"]
+        poll(c)  # gone twice: unloaded
         assert [m["name"] for m in c.get("/models").json()] == [MODEL]
+        shutil.copytree(tiny_store / "vae-digits", store / "vae-digits")
+        poll(c)  # and back
+        assert [m["name"] for m in c.get("/models").json()] == [MODEL, "vae-digits"]
+    finally:
+        c.close()
+
+
+def test_a_missing_store_unloads_nothing(polling: Client, store: Path) -> None:
+    c = polling
+    store.rename(store.with_name("away"))  # an unmounted volume
+    try:
+        for _ in range(3):
+            poll(c)
+        assert served(c) == [1]
+    finally:
+        store.with_name("away").rename(store)
+
+
+def test_a_named_model_published_after_start_is_loaded(store: Path, tiny_store: Path) -> None:
+    c = Client(
+        Settings(model_store=store, models=[MODEL, "vae-digits"], model_control="poll", poll_interval_s=3600)
+    )
+    try:
+        assert c.get("/health/ready").status_code == 503  # vae-digits is not in the store yet
+        poll(c)
+        shutil.copytree(tiny_store / "vae-digits", store / "vae-digits")
+        poll(c)
+        assert c.get("/health/ready").status_code == 200
+        assert [m["name"] for m in c.get("/models").json()] == [MODEL, "vae-digits"]
     finally:
         c.close()
 
