@@ -131,3 +131,12 @@ class ModelLoadError(GenserveError):
     status = 400
     type = "model-load-failed"
     title = "Model version refused"
+
+
+class ManagementOffError(GenserveError):
+    """A model-repository call while model management is not explicit. Over HTTP those
+    routes do not exist (404); over gRPC the RPCs do, and answer UNIMPLEMENTED."""
+
+    status = 501
+    type = "not-implemented"
+    title = "Not implemented"

@@ -17,7 +17,13 @@ import numpy as np
 
 from ...api.auth import token_matches
 from ...core import Call
-from ...errors import GenserveError, InvalidInputError, MalformedBodyError, NotReadyError
+from ...errors import (
+    GenserveError,
+    InvalidInputError,
+    MalformedBodyError,
+    ManagementOffError,
+    NotReadyError,
+)
 from ...lifecycle import Lifecycle
 from ...metrics import Metrics, StageTimer
 from ...model_control import ModelControl
@@ -243,7 +249,7 @@ class InferenceServicer:
 
     def _repository(self) -> ModelControl:
         if self.control is None:
-            raise RepositoryOffError(
+            raise ManagementOffError(
                 "model management is off: start the server with GENSERVE_MODEL_CONTROL=explicit"
             )
         if self.lifecycle.draining:
@@ -279,14 +285,6 @@ class InferenceServicer:
             return pb.RepositoryModelUnloadResponse()
 
         return await self._answer("RepositoryModelUnload", context, work)
-
-
-class RepositoryOffError(GenserveError):
-    """A repository RPC while model management is off: gRPC's UNIMPLEMENTED (REST: 404)."""
-
-    status = 501
-    type = "not-implemented"
-    title = "Not implemented"
 
 
 def _not_accepting() -> GenserveError:
