@@ -108,6 +108,7 @@ def summarize(samples: list[tuple[float, str]], concurrency: int, elapsed: float
         "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
         "p90_ms": float(np.percentile(lat, 90)) if len(lat) else None,
         "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None,
+        "p999_ms": float(np.percentile(lat, 99.9)) if len(lat) else None,
         "mean_ms": float(lat.mean()) if len(lat) else None,
     }
 

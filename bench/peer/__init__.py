@@ -1,0 +1,1 @@
+"""Peer servers for the benchmarks, each run in its own environment."""
