@@ -217,12 +217,17 @@ def main() -> None:
                             servers[n].port, path, body, 1, a.duration / 2
                         ),
                     )
-                    r["samples_per_s"] = 64 * r["throughput_rps"]
                     row[name] = r
+                    if "failed" not in r:
+                        r["samples_per_s"] = 64 * r["throughput_rps"]
                 print(
                     f"W3 {model}: "
                     + ", ".join(
-                        f"{n} {v['samples_per_s']:.0f} samples/s (p50 {v['p50_ms']:.0f} ms)"
+                        (
+                            f"{n} {v['samples_per_s']:.0f} samples/s (p50 {v['p50_ms']:.0f} ms)"
+                            if "failed" not in v
+                            else f"{n} FAILED"
+                        )
                         for n, v in row.items()
                     ),
                     flush=True,
