@@ -107,8 +107,8 @@ class StoreModel:
         return np.clip(np.floor(out), 0, k - 1).astype(np.int64)
 
 
-class ScoreModel(kserve.Model):
-    """`<model>`: the log-likelihood (and bits/dim) of each instance."""
+class StoreBacked(kserve.Model):
+    """A KServe model over one store model's graphs, loaded at start-up."""
 
     def __init__(self, name: str, folder: Path) -> None:
         super().__init__(name)
@@ -119,6 +119,10 @@ class ScoreModel(kserve.Model):
         self.store_model = StoreModel(self.folder)
         self.ready = True
         return self.ready
+
+
+class ScoreModel(StoreBacked):
+    """`<model>`: the log-likelihood (and bits/dim) of each instance."""
 
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> dict[str, Any]:
         m = self.store_model
@@ -133,18 +137,8 @@ class ScoreModel(kserve.Model):
         }
 
 
-class SampleModel(kserve.Model):
+class SampleModel(StoreBacked):
     """`<model>-sample`: n samples of a label, seeded."""
-
-    def __init__(self, name: str, folder: Path) -> None:
-        super().__init__(name)
-        self.folder = folder
-        self.store_model: StoreModel | None = None
-
-    def load(self) -> bool:
-        self.store_model = StoreModel(self.folder)
-        self.ready = True
-        return self.ready
 
     def predict(self, payload: Any, headers: Any = None, response_headers: Any = None) -> dict[str, Any]:
         m = self.store_model
