@@ -8,7 +8,9 @@ naive hand-written server, on the same graphs and workloads, in one run (issue 3
   with an .npy body and with JSON, KServe and the naive server with JSON (their documented
   ways); rows/s.
 - W2 single row, with its label, at each concurrency: rows/s, p50/p99/p99.9 (ms), errors,
-  the CPU each server process used (cores) and the load generator's own (cores).
+  the CPU each server process used (cores) and the load generator's own (cores); in
+  `--rounds` rounds, the servers alternating within each, every figure the median over
+  rounds and the rows/s ratio the median of the rounds' ratios.
 - W3 sampling: n = 64 of one label, one request at a time, JSON answers from all three;
   samples/s and p50.
 
@@ -93,6 +95,19 @@ def measured(pid: int, run: Any) -> dict[str, Any]:
     return out
 
 
+def combined(rounds: list[dict[str, Any]]) -> dict[str, Any]:
+    """One W2 point from its rounds: medians of the rates and percentiles, the largest CPU."""
+    out: dict[str, Any] = {"rounds": rounds}
+    rounds = [r for r in rounds if "failed" not in r]  # the failures stay listed above
+    if not rounds:
+        raise RuntimeError(f"every round failed: {out['rounds'][0]}")
+    for key in ("throughput_rps", "p50_ms", "p99_ms", "p999_ms", "server_cores"):
+        out[key] = float(np.median([r[key] for r in rounds]))
+    out["generator_cores"] = max(r["generator_cores"] for r in rounds)
+    out["errors"] = sum(r["errors"] for r in rounds)
+    return out
+
+
 def requests_for(model: str, x: np.ndarray, label: int) -> dict[str, tuple[str, bytes, str]]:
     """(path, body, content type) of one scoring request per server."""
     rows = x[:, 0].tolist()
@@ -121,6 +136,7 @@ def main() -> None:
     p.add_argument("--models", default="flow-digits,vae-digits,pixelcnn-digits")
     p.add_argument("--concurrency", default="1,16,64,256")
     p.add_argument("--duration", type=float, default=6.0, help="seconds per W2 point and server")
+    p.add_argument("--rounds", type=int, default=3, help="W2: the duration is cut into this many rounds")
     p.add_argument("--skip", default="")
     p.add_argument("--out", type=Path)
     a = p.parse_args()
@@ -141,18 +157,30 @@ def main() -> None:
                 reqs = requests_for(model, x_all[:1], 3)
                 sweep: dict[str, Any] = {}
                 for c in map(int, a.concurrency.split(",")):
-                    point: dict[str, Any] = {}
-                    for name, (path, body, ctype) in reqs.items():
-                        port = servers[name].port
-                        point[name] = measured(
-                            pids[name],
-                            lambda port=port, path=path, body=body, ctype=ctype, c=c: load(
-                                port, path, body, c, a.duration, ctype
-                            ),
-                        )
+                    # Rounds, each server once per round: the peer's rate moves by a third
+                    # between minutes on this VM, so ratios are taken within a round.
+                    rounds: dict[str, list[dict[str, Any]]] = {name: [] for name in reqs}
+                    for _ in range(a.rounds):
+                        for name, (path, body, ctype) in reqs.items():
+                            port = servers[name].port
+                            rounds[name].append(
+                                measured(
+                                    pids[name],
+                                    lambda port=port, path=path, body=body, ctype=ctype, c=c: load(
+                                        port, path, body, c, a.duration / a.rounds, ctype
+                                    ),
+                                )
+                            )
+                    point: dict[str, Any] = {name: combined(rs) for name, rs in rounds.items()}
+                    point["genserve_vs_kserve_rps_by_round"] = [
+                        g["throughput_rps"] / k["throughput_rps"]
+                        for g, k in zip(rounds["genserve"], rounds["kserve"], strict=True)
+                    ]
                     g, k = point["genserve"], point["kserve"]
-                    gen = max(v["generator_cores"] for v in point.values())
-                    point["genserve_vs_kserve_rps"] = g["throughput_rps"] / k["throughput_rps"]
+                    gen = max(point[n]["generator_cores"] for n in reqs)
+                    point["genserve_vs_kserve_rps"] = float(
+                        np.median(point["genserve_vs_kserve_rps_by_round"])
+                    )
                     sweep[str(c)] = point
                     print(
                         f"W2 {model} c={c}: genserve {g['throughput_rps']:.0f} rows/s p50 {g['p50_ms']:.1f} "
