@@ -30,13 +30,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-import httpx
 import numpy as np
 import orjson
 
 from bench.peer.env import python as peer_python
 from bench.server_cpu import stat_cpu_seconds
-from bench.serving import Server, free_port, load, machine, npy
+from bench.serving import Server, free_port, load, machine, npy, wait_ready
 from training.data import load_dataset
 
 ROWS = 10_000
@@ -62,14 +61,7 @@ class KServePeer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/v2/health/ready", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError("the KServe peer did not become ready")
+        wait_ready(self.port, "/v2/health/ready", "the KServe peer")
 
     def stop(self) -> None:
         self.proc.terminate()

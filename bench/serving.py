@@ -52,6 +52,18 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
+def wait_ready(port: int, path: str, what: str) -> None:
+    """Return once GET `path` on the loopback `port` answers 200 (a minute at most)."""
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}{path}", timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{what} did not become ready")
+
+
 class Server:
     """A uvicorn process serving an app factory on a free port."""
 
@@ -73,15 +85,7 @@ class Server:
             ],
             env=env,
         )
-        ready = "/health/ready" if factory.startswith("service") else "/docs"
-        for _ in range(600):
-            try:
-                if httpx.get(f"http://127.0.0.1:{self.port}{ready}", timeout=1).status_code == 200:
-                    return
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.1)
-        raise RuntimeError(f"{factory} did not become ready")
+        wait_ready(self.port, "/health/ready" if factory.startswith("service") else "/docs", factory)
 
     def stop(self) -> None:
         self.proc.terminate()
