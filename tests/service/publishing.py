@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import uuid
 from pathlib import Path
 
-from service.store import MANIFEST, ModelStore
+from service.store import MANIFEST, NEXT_VERSION, ModelStore
 
 
 def republish(root: Path, name: str) -> int:
@@ -23,12 +25,21 @@ def republish(root: Path, name: str) -> int:
 
 
 def publish_corrupted(root: Path, name: str) -> int:
-    """Publish a new version, then damage one graph file in place (a disk fault, a bad
-    copy): it fails verification. Its number."""
-    version = republish(root, name)
-    folder = root / name / str(version)
-    graph = next(p for p in sorted(folder.iterdir()) if p.suffix == ".onnx")
-    data = bytearray(graph.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    graph.write_bytes(bytes(data))
+    """Publish a new version whose graph file is damaged (a disk fault, a bad copy): it fails
+    verification. The version is built and damaged outside the store and renamed in whole, so
+    a server polling the store never sees it undamaged. Its number."""
+    scratch = root.parent / f".scratch-{uuid.uuid4().hex}"
+    shutil.copytree(root / name, scratch / name)
+    try:
+        version = republish(scratch, name)
+        folder = scratch / name / str(version)
+        graph = next(p for p in sorted(folder.iterdir()) if p.suffix == ".onnx")
+        data = bytearray(graph.read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        graph.write_bytes(bytes(data))
+        os.rename(folder, root / name / str(version))
+        # the number is taken, as a publish in the store would have recorded
+        shutil.copy2(scratch / name / NEXT_VERSION, root / name / NEXT_VERSION)
+    finally:
+        shutil.rmtree(scratch)
     return version
