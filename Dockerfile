@@ -32,6 +32,7 @@ ARG TORCH_CPU_INDEX_URL=https://download.pytorch.org/whl/cpu
 # torch alone first: its layer survives source edits.
 RUN make /opt/venv/.torch VENV=/opt/venv TORCH_INDEX_URL="$TORCH_CPU_INDEX_URL" \
         ${TORCH_VERSION:+TORCH_VERSION="$TORCH_VERSION"}
+COPY genserve/ genserve/
 COPY service/ service/
 COPY training/ training/
 RUN make install VENV=/opt/venv TORCH_INDEX_URL="$TORCH_CPU_INDEX_URL" \
@@ -70,6 +71,7 @@ ARG TORCH_CUDA_INDEX_URL=https://download.pytorch.org/whl/cu128
 ARG ONNXRUNTIME_GPU_VERSION=
 RUN make /opt/venv/.torch VENV=/opt/venv TORCH_INDEX_URL="$TORCH_CUDA_INDEX_URL" \
         ${TORCH_VERSION:+TORCH_VERSION="$TORCH_VERSION"}
+COPY genserve/ genserve/
 COPY service/ service/
 COPY training/ training/
 # gpu-runtime swaps onnxruntime for onnxruntime-gpu (they install the same module).

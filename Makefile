@@ -30,9 +30,9 @@ typecheck: $(VENV)/.installed-dev
 	$(BIN)/mypy
 
 unit: $(VENV)/.installed-dev
-	$(BIN)/pytest -q -n 2 --dist loadgroup
+	BROWSER_TESTS=required $(BIN)/pytest -q -n 2 --dist loadgroup
 
-test-quality: $(VENV)/.installed-dev  ## label control and Bayes-rule accuracy of the flow and PixelCNN too (~10 min)
+test-quality: $(VENV)/.installed-dev  ## label control and Bayes-rule accuracy of the flow, VAE and PixelCNN too (~15 min)
 	$(BIN)/pytest -q -m quality tests/service/test_api_quality.py
 
 bench: $(VENV)/.installed-dev  ## serving benchmark (see docs/benchmarks.md)

@@ -14,8 +14,8 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from . import __version__
-from .api import generate, health, models
+from . import __version__, heap
+from .api import generate, health, models, playground
 from .api.auth import AuthMiddleware
 from .api.bodylimit import BodyLimitMiddleware
 from .api.errors import install_error_handlers, is_oip
@@ -128,6 +128,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 control if settings.model_control == "explicit" else None,
             )
             log.info("Open Inference Protocol over gRPC on %s:%d", settings.host, settings.grpc_port)
+        heap.settle()  # before traffic: no full collection pauses requests (service/heap.py)
         metrics.ready.set(1 if lifecycle.accepting else 0)
         control.start()
         if settings.model_control != "none":
@@ -161,6 +162,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await batcher.close()
             unloaded = len(registry.loaded)
             registry.close()
+            heap.release()
             log.info("genserve stopped: %d model(s) unloaded", unloaded)
 
     app = FastAPI(
@@ -177,6 +179,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(models.router)
     app.include_router(health.router)
     app.include_router(oip_rest.router)
+    app.include_router(playground.router)
+    app.mount(playground.PREFIX + "/static", playground.static_files(), name="playground-static")
     if settings.model_control == "explicit":  # elsewhere the repository routes are 404
         app.include_router(oip_repository.router)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)

@@ -101,6 +101,12 @@ class Settings(BaseSettings):
         default=20_000_000, ge=1, description="Most numbers one response may carry (rows × values)."
     )
     max_importance_samples: int = Field(default=4096, ge=1)
+    max_denoiser_passes: int = Field(
+        default=64_000,
+        ge=1,
+        description="Most network passes one diffusion request may ask for: rows × steps, "
+        "twice that with guidance (64 samples at 1,000 ancestral steps).",
+    )
     pixelcnn_max_samples: int = Field(
         default=256, ge=1, description="Largest n for PixelCNN sampling (one graph call per pixel)."
     )

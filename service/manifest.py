@@ -79,8 +79,8 @@ DataSpec = Annotated[
 
 SCHEMA_VERSION = 1
 
-FAMILY_NAMES = ("flow", "vae", "gan", "pixelcnn")
-Family = Literal["flow", "vae", "gan", "pixelcnn"]
+FAMILY_NAMES = ("flow", "vae", "gan", "pixelcnn", "diffusion")
+Family = Literal["flow", "vae", "gan", "pixelcnn", "diffusion"]
 GraphFormat = Literal["onnx", "torchscript"]
 
 # What each family's graphs are called; the service relies on exactly these.
@@ -89,11 +89,16 @@ FAMILY_GRAPHS: dict[str, tuple[str, ...]] = {
     "vae": ("encode", "decode", "log_weights"),
     "gan": ("generate",),
     "pixelcnn": ("logits",),
+    "diffusion": ("denoise",),
 }
 # Outlier scores that read pixels (compressed length) or a pixel background model.
 IMAGE_OUTLIER_METHODS = frozenset({"complexity", "likelihood_ratio", "ratio_ambiguity", "combined"})
-# Graphs a version may add to its family's: a vector model's density of its context alone.
-OPTIONAL_GRAPHS: dict[str, tuple[str, ...]] = {"flow": ("context_log_prob",)}
+# Graphs a version may add to its family's: a vector model's density of its context alone;
+# a PixelCNN's incremental graphs for fast sampling (stores exported before them lack them).
+OPTIONAL_GRAPHS: dict[str, tuple[str, ...]] = {
+    "flow": ("context_log_prob",),
+    "pixelcnn": ("row_step", "pixel_step"),
+}
 # The families each kind of data is modelled by (graphs keep the family's names).
 KIND_FAMILIES: dict[str, tuple[str, ...]] = {"images": FAMILY_NAMES, "vectors": ("flow",)}
 
@@ -309,6 +314,10 @@ class Manifest(StrictModel):
             or any(n not in OPTIONAL_GRAPHS.get(self.family, ()) for n in extra)
         ):
             raise ValueError(f"a {self.family} model has graphs {list(expected)}, got {names}")
+        if ("row_step" in names) != ("pixel_step" in names):
+            raise ValueError("the row_step and pixel_step graphs come together")
+        if "row_step" in names and isinstance(self.dataset, DatasetSpec):
+            self._check_step_graphs(self.dataset)
         if ("context_log_prob" in names) != (self.context_check is not None):
             raise ValueError("a context_log_prob graph and a context_check record come together")
         if isinstance(self.dataset, VectorSpec):
@@ -329,6 +338,42 @@ class Manifest(StrictModel):
             if type(value) is not int or value < least:
                 raise ValueError(f"family_info.{key} must be an integer >= {least} for a {self.family} model")
         return self
+
+    def _check_step_graphs(self, spec: DatasetSpec) -> None:
+        """A PixelCNN's step graphs agree with each other and the data: the engine sizes its
+        caches from them, so a mismatch fails the version at load, not every sample."""
+        ins = {(g.name, t.name): t.shape for g in self.graphs for t in g.inputs}
+        C, _, W = spec.shape
+        x_above, v_cache = ins.get(("row_step", "x_above")), ins.get(("row_step", "v_cache"))
+        x_left, h_cache = ins.get(("pixel_step", "x_left")), ins.get(("pixel_step", "h_cache"))
+        vh, row, pos = (
+            ins.get(("pixel_step", "vh")),
+            ins.get(("row_step", "row")),
+            ins.get(("pixel_step", "pos")),
+        )
+        fixed = [s[1:] for s in (x_above, v_cache, x_left, h_cache, vh, pos) if s is not None]
+        ok = (
+            x_above is not None
+            and v_cache is not None
+            and x_left is not None
+            and h_cache is not None
+            and vh is not None
+            and row == ["batch"]
+            and pos == ["batch", 2]
+            and all(all(type(d) is int and d > 0 for d in dims) for dims in fixed)
+            and len(x_above) == 4
+            and x_above[1] == C
+            and x_above[3] == W
+            and len(v_cache) == 5
+            and v_cache[4] == W
+            and x_left == ["batch", C, 1, x_above[2] + 1]  # type: ignore[operator]
+            and h_cache == v_cache[:4]
+            and vh == ["batch", v_cache[1], 2 * v_cache[2]]
+        )
+        if not ok:
+            raise ValueError(
+                f"the row_step and pixel_step inputs do not fit each other or images {list(spec.shape)}"
+            )
 
     def _check_vector_graphs(self, spec: VectorSpec) -> None:
         """A vector model's graphs take exactly what its spec says the engine feeds them, and

@@ -44,6 +44,13 @@ class Metrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.batches = Counter(
+            "genserve_batches",
+            "Runtime calls the batcher made, per graph: graph calls merged into one count once "
+            "(genserve_graph_seconds_count / this = calls per batch).",
+            ["model", "version", "graph"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "genserve_queue_depth",
             "Graph calls waiting in the batcher, per model version (503 overloaded at max_queue).",

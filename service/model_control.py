@@ -24,6 +24,7 @@ import logging
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Literal
 
+from . import heap
 from .config import Settings
 from .errors import FieldError, GenserveError, ModelLoadError, ModelNotFoundError, NotReadyError
 from .metrics import Metrics
@@ -312,6 +313,7 @@ class ModelControl:
             self.registry.failures.pop(stale, None)
         self.metrics.model_loads.labels(name, "loaded").inc()
         self._after_change()
+        heap.settle()  # the new version's objects join the frozen heap
         return model
 
     def _reject(self, name: str, version: int, reason: str, fingerprint: Fingerprint | None = None) -> None:
@@ -346,6 +348,7 @@ class ModelControl:
         try:
             await self.registry.retire(model)
             self.metrics.model_loads.labels(model.name, "unloaded").inc()
+            heap.settle()  # the retired version's cycles, if any, are collected now
         finally:
             self.retiring.pop(id(model), None)
 

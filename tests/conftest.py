@@ -33,12 +33,13 @@ TINY_ZOO: dict[str, dict[str, Any]] = {
     "vae": {"latent": 4, "channels": 8, "hidden": 32},
     "gan": {"latent": 8, "g_channels": 8, "d_channels": 8},
     "pixelcnn": {"channels": 8, "layers": 2},
+    "diffusion": {"channels": 8, "embedding": 8, "sample_steps": 3},
 }
 TINY_TRAINING: dict[str, dict[str, Any]] = {f: {"max_epochs": 2, "val_every": 1} for f in TINY_ZOO}
 # Light evaluation for the tiny store: (samples, marginal samples, samples per class, judge epochs).
 TINY_EVAL: dict[str, Any] = {
-    "samples": {"vae": 8, "flow": 2, "pixelcnn": 1},
-    "marginal_samples": {"vae": 4, "flow": 1, "pixelcnn": 1},
+    "samples": {"vae": 8, "flow": 2, "pixelcnn": 1, "diffusion": 2},
+    "marginal_samples": {"vae": 4, "flow": 1, "pixelcnn": 1, "diffusion": 1},
     "quality_per_class": 5,
     "classifier_epochs": 2,
 }

@@ -15,6 +15,7 @@ TINY: dict[str, dict[str, Any]] = {
     "vae": {"latent": 3, "channels": 4, "hidden": 16, "kl_warmup_steps": 2},
     "gan": {"latent": 4, "g_channels": 4, "d_channels": 4},
     "pixelcnn": {"channels": 6, "layers": 2},
+    "diffusion": {"channels": 8, "embedding": 8, "sample_steps": 3},
 }
 CASES = [(f, c) for f in TINY for c in (True, False)]
 

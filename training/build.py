@@ -39,13 +39,14 @@ from .quality import Sampler
 from .runtime import configure_threads
 from .train import default_train_config, train_run, training_key
 
-DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn")
+DEFAULT_FAMILIES = ("flow", "vae", "gan", "pixelcnn", "diffusion")
 # Estimator sizes the service uses by default, and so the calibration scores use.
-SERVING_SAMPLES = {"flow": 8, "vae": 32, "pixelcnn": 1}
+SERVING_SAMPLES = {"flow": 8, "vae": 32, "pixelcnn": 1, "diffusion": 16}
 # Everything between a checkpoint and its published version, the manifest's evaluation
 # included: editing any of these re-publishes (without retraining).
 _EXPORT_SOURCES = (
     "export.py",
+    "pixelcnn_steps.py",
     "build.py",
     "evaluate.py",
     "quality.py",

@@ -23,7 +23,7 @@ from .evaluate import EvalSettings
 # Longest first, so the last model to start is a short one and no core idles at the end
 # (training seconds on one thread, digits, quiet 2-vCPU build of docs/results.md: PixelCNN
 # 534, flow 323, GAN 255, VAE 126).
-_COST_ORDER = ("pixelcnn", "flow", "gan", "vae")
+_COST_ORDER = ("pixelcnn", "diffusion", "flow", "gan", "vae")
 
 
 @dataclass(frozen=True)

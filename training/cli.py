@@ -8,6 +8,8 @@ from typing import Annotated, Any
 
 import typer
 
+from genserve.cli import register_online
+
 from .cli_common import DEFAULT_CHECKPOINTS, MaxMinutesOption, StoreOption, checkpoint_path, console
 from .cli_common import store_root as _store_root
 from .cli_eval import register_evaluation
@@ -36,7 +38,9 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 
 @app.command()
 def train(
-    family: Annotated[str | None, typer.Option(help="flow | vae | gan | pixelcnn (vectors: flow)")] = None,
+    family: Annotated[
+        str | None, typer.Option(help="flow | vae | gan | pixelcnn | diffusion (vectors: flow)")
+    ] = None,
     dataset: Annotated[
         str,
         typer.Option(
@@ -248,6 +252,7 @@ def export(
 
 app.add_typer(store_app, name="store")
 register_evaluation(app)
+register_online(app)
 
 
 @app.command()

@@ -26,10 +26,11 @@ def evaluate(
     ),
 ) -> None:
     """Score checkpoints on the test split beside classical baselines; print and save a report."""
+    from .build import DEFAULT_FAMILIES
     from .pipeline import evaluate_checkpoints
 
     dirs = list(checkpoint or [])
-    for fam in family or ([] if dirs else ["flow", "vae", "gan", "pixelcnn"]):
+    for fam in family or ([] if dirs else list(DEFAULT_FAMILIES)):
         dirs.append(checkpoint_path(checkpoints, fam, dataset, conditional, seed))
     missing = [d for d in dirs if not (d / "checkpoint.json").exists()]
     if missing:

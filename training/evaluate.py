@@ -35,13 +35,21 @@ class EvalSettings:
 
     # K ≥ 256 importance samples for VAEs (the field's usual reporting), and as many
     # uniform dequantization draws, importance-weighted, for flows.
-    samples: dict[str, int] = field(default_factory=lambda: {"vae": 512, "flow": 512, "pixelcnn": 1})
-    marginal_samples: dict[str, int] = field(default_factory=lambda: {"vae": 64, "flow": 4, "pixelcnn": 1})
+    # Diffusion: time samples of the bound's diffusion term (stratified), for each row.
+    samples: dict[str, int] = field(
+        default_factory=lambda: {"vae": 512, "flow": 512, "pixelcnn": 1, "diffusion": 256}
+    )
+    marginal_samples: dict[str, int] = field(
+        default_factory=lambda: {"vae": 64, "flow": 4, "pixelcnn": 1, "diffusion": 32}
+    )
     quality_per_class: int = 100
     classifier_epochs: int = 60
     select_temperature: bool = True  # pick flow/VAE/GAN sampling temperatures on validation FID
     baseline_draws: int = 512  # dequantization draws for the GMM and KDE baselines
-    pixelcnn_quality_per_class: int | None = None  # fewer PixelCNN samples (one pass per pixel); None = same
+    # Fewer PixelCNN samples for the eager sampler (one full network pass per pixel); None =
+    # the same. Publishing samples through the served graphs, whose step graphs make a
+    # whole image cost about one pass, draws the full number.
+    pixelcnn_quality_per_class: int | None = None
 
     @classmethod
     def for_dims(cls, dims: int) -> EvalSettings:
@@ -55,8 +63,8 @@ class EvalSettings:
         if dims <= 256:
             return cls()
         return cls(
-            samples={"vae": 128, "flow": 16, "pixelcnn": 1},
-            marginal_samples={"vae": 8, "flow": 1, "pixelcnn": 1},
+            samples={"vae": 128, "flow": 16, "pixelcnn": 1, "diffusion": 32},
+            marginal_samples={"vae": 8, "flow": 1, "pixelcnn": 1, "diffusion": 4},
             quality_per_class=20,
             baseline_draws=16,
             pixelcnn_quality_per_class=2,
@@ -176,7 +184,8 @@ def score_model(
     if classifier is not None:
         real = torch.as_tensor(data.x[te])
         per_class = settings.quality_per_class
-        if model.family == "pixelcnn" and settings.pixelcnn_quality_per_class is not None:
+        slow = sampler is None  # the eager full-pass sampler
+        if model.family == "pixelcnn" and settings.pixelcnn_quality_per_class is not None and slow:
             per_class = settings.pixelcnn_quality_per_class
         if model.family in LATENT_TEMPERATURE_FAMILIES and settings.select_temperature:
             scores.sample_temperature, scores.temperature_validation_fid = select_temperature(

@@ -9,6 +9,7 @@ on a held-out batch of a size the export never saw. A graph that fails is not pu
 from __future__ import annotations
 
 import copy
+import inspect
 import logging
 import warnings
 from collections.abc import Callable, Mapping
@@ -22,12 +23,14 @@ from torch import Tensor
 from service.manifest import GraphSpec, TensorSpec
 
 from .families import GenerativeModel
+from .families.diffusion import DiffusionModel
 from .families.flow import FlowModel
 from .families.gan import GANModel
 from .families.layers import bake_masks
 from .families.pixelcnn import PixelCNNModel
 from .families.vae import VAEModel
 from .graphdef import GraphDef, wrap
+from .pixelcnn_steps import pixelcnn_step_graphs
 from .vectors.flows import VectorFlowModel
 
 ExportableModel = GenerativeModel | VectorFlowModel
@@ -51,7 +54,7 @@ def graph_defs(model: ExportableModel) -> list[GraphDef]:
     Data inputs are float32 in level units; labels are int64; unconditional graphs omit y.
     Vector flows define their own (standardised vectors, labels, context).
     """
-    if isinstance(model, VectorFlowModel):
+    if isinstance(model, VectorFlowModel | DiffusionModel):  # families that define their own
         return model.graph_defs()
     C, H, W = model.spec.shape
     K = model.spec.levels
@@ -143,7 +146,8 @@ def graph_defs(model: ExportableModel) -> list[GraphDef]:
                 wrap(model, with_y(lambda m, x, yy: m.logits(x, yy)), 1 + cond),
                 ins(x_in),
                 [TensorSpec(name="logits", dtype="float32", shape=["batch", C, H, W, K])],
-            )
+            ),
+            *pixelcnn_step_graphs(model),
         ]
     else:  # pragma: no cover
         raise ExportError(f"no graphs defined for {type(model).__name__}")
@@ -161,6 +165,8 @@ def example_inputs(
     dequantize: bool = True,
 ) -> tuple[Tensor, ...]:
     """Inputs for a graph: real held-out data (and context) where it takes them, noise elsewhere."""
+    if g.example is not None:
+        return g.example(batch, x, y, gen)
     out: list[Tensor] = []
     for t in g.inputs:
         shape = [batch if d == "batch" else samples if d == "samples" else int(d) for d in t.shape]
@@ -199,14 +205,14 @@ def _export_onnx(g: GraphDef, example: tuple[Tensor, ...], path: Path) -> None:
 
     batch = torch.export.Dim("batch")
     samples = torch.export.Dim("samples")
-    dynamic: dict[str, dict[int, Any]] = {}
-    for t in g.inputs:
-        axes = {
-            i: (batch if d == "batch" else samples)
-            for i, d in enumerate(t.shape)
-            if d in ("batch", "samples")
-        }
-        dynamic[{1: "a", 2: "b", 3: "c"}[len(dynamic) + 1]] = axes
+    # One entry per positional input, in order (the modules' parameter names vary).
+    dynamic: tuple[Any, ...] = tuple(
+        {i: (batch if d == "batch" else samples) for i, d in enumerate(t.shape) if d in ("batch", "samples")}
+        for t in g.inputs
+    )
+    forward = inspect.signature(g.module.forward).parameters.values()
+    if any(p.kind is p.VAR_POSITIONAL for p in forward):  # forward(*inputs): one argument
+        dynamic = (dynamic,)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         torch.onnx.export(

@@ -6,6 +6,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from service.manifest import TensorSpec
@@ -31,6 +32,10 @@ class _G3(_G1):
         return self.fn(self.model, a, b, c)
 
 
+# (batch, held-out x, y, generator) -> one tensor per graph input
+Example = Callable[[int, Tensor, Tensor | None, torch.Generator], tuple[Tensor, ...]]
+
+
 @dataclass
 class GraphDef:
     """One graph to export: a module with exactly the graph's inputs, and its signature."""
@@ -45,6 +50,10 @@ class GraphDef:
     # when it loads it. Off where the pass is pathologically slow (zuko's flows: minutes
     # per graph instead of seconds).
     optimize: bool = True
+    # Inputs for tracing and the parity check, for graphs whose inputs have meanings that
+    # random normal noise would break (levels, positions, times in [0, 1]); None: held-out
+    # data for x, labels for y, noise for the rest.
+    example: Example | None = None
 
     def input_names(self) -> list[str]:
         return [t.name for t in self.inputs]
@@ -57,4 +66,4 @@ def wrap(model: nn.Module, fn: Callable[..., Any], arity: int) -> nn.Module:
     return {1: _G1, 2: _G2, 3: _G3}[arity](model, fn)
 
 
-__all__ = ["GraphDef", "wrap"]
+__all__ = ["Example", "GraphDef", "wrap"]

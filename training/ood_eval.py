@@ -48,7 +48,7 @@ from .ood_sets import SIMPLER, TRANSFORMED, build_sets
 from .runtime import configure_threads, seed_everything
 from .train import class_prior, default_train_config, fit, likelihood_validator
 
-LIKELIHOOD_FAMILIES = ("flow", "vae", "pixelcnn")
+LIKELIHOOD_FAMILIES = ("flow", "vae", "pixelcnn", "diffusion")
 Metrics = dict[str, float]
 
 
@@ -234,12 +234,15 @@ def evaluate_store(
 
 def eager_engine(model: GenerativeModel, spec: DatasetSpec, prior: list[float] | None) -> Engine:
     """The service's engine over eager graph modules: served scoring without an export."""
-    # Engines read only the family, data spec, conditioning and family info from a manifest.
+    # Engines read only the family, data spec, conditioning, family info and graph names
+    # from a manifest. No graphs listed: scoring needs none of the optional ones (a
+    # PixelCNN's step graphs serve sampling, which would take the full pass here).
     fields: dict[str, Any] = {
         "family": model.family,
         "dataset": spec,
         "conditioning": Conditioning(conditional=model.conditional, class_prior=prior),
         "family_info": model.export_info(),
+        "graphs": [],
     }
     manifest = Manifest.model_construct(**fields)
     return build_engine(manifest, inline_caller(EagerBackend(model)))

@@ -1,5 +1,6 @@
-"""Bearer-token access control for every route but the health probes (and, if chosen,
-/metrics); the gRPC front checks the same token (service/oip/grpc/servicer.py)."""
+"""Bearer-token access control for every route but the health probes, the playground
+page's static files (and, if chosen, /metrics); the gRPC front checks the same token
+(service/oip/grpc/servicer.py)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import GenserveError
 from .errors import problem_for
+from .playground import is_public
 
 # Orchestrators probe these without credentials.
 PROBES = frozenset({"/health/live", "/health/ready", "/v2/health/live", "/v2/health/ready"})
@@ -41,7 +43,7 @@ class AuthMiddleware:
         self.open = PROBES | ({"/metrics"} if metrics_public else set())
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] in self.open:
+        if scope["type"] != "http" or scope["path"] in self.open or is_public(scope["path"]):
             await self.app(scope, receive, send)
             return
         sent = None

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 
 from ..core import ReconstructQuery, ReconstructResult, SampleQuery, SampleResult, ScoreQuery, ScoreResult
 from ..core.operations import Operations
+from ..engine import SamplerOptions
 from ..errors import InvalidInputError, UnsupportedMediaTypeError
 from ..imaging import drawable_caption
 from ..registry import LoadedModel
@@ -140,6 +141,7 @@ async def sample(request: Request) -> Response:
         seed=req.seed,
         temperature=req.temperature,
         alpha=req.alpha,
+        options=SamplerOptions(steps=req.steps, sampler=req.sampler, guidance=req.guidance),
     )
     result = await _operations(request).sample(model, query, call)
     response = _sample_response(result, req.format)
@@ -171,6 +173,7 @@ def _sample_response(result: SampleResult, fmt: str) -> Response:
             "family": model.manifest.family,
             "seed": result.seed,
             "temperature": result.temperature,
+            **result.options.used(),
             "shape": list(samples.shape),
             **kind.sample_fields(),
             "labels": None if labels is None else labels.tolist(),
@@ -301,6 +304,7 @@ async def reconstruct(request: Request) -> Response:
         mask=mask,
         seed=req.seed,
         particles=req.particles,
+        options=SamplerOptions(steps=req.steps, strength=req.strength),
     )
     result = await _operations(request).reconstruct(model, query, call)
     response = _reconstruct_response(result, req.format)
@@ -316,9 +320,13 @@ def _reconstruct_response(result: ReconstructResult, fmt: str) -> Response:
         headers["X-Genserve-Seed"] = str(result.seed)
     if rec.particles is not None:
         headers["X-Genserve-Particles"] = str(rec.particles)
+    if result.options.steps is not None:
+        headers["X-Genserve-Steps"] = str(result.options.steps)
+    if result.options.strength is not None:
+        headers["X-Genserve-Strength"] = repr(result.options.strength)
     if fmt == "npz":
         buf = io.BytesIO()
-        np.savez(buf, allow_pickle=False, **rec.arrays)
+        np.savez(buf, allow_pickle=False, **result.columns())
         return Response(buf.getvalue(), media_type=NPZ, headers=headers)
     if fmt == "png":
         names = model.manifest.dataset.label_names
@@ -336,6 +344,9 @@ def _reconstruct_response(result: ReconstructResult, fmt: str) -> Response:
             "seed": result.seed,
             "description": rec.description,
             "particles": rec.particles,
+            **{k: v for k, v in result.options.used().items() if k in ("steps", "strength")},
+            "labels": result.label_names(),
+            "label_probability": result.label_probability,
             "outputs": rec.arrays,
         }
     )

@@ -40,6 +40,9 @@ def summary(model: LoadedModel, default: bool) -> dict[str, Any]:
     }
 
 
+SAMPLER_DEFAULTS = ("default_steps", "default_sampler", "default_guidance")
+
+
 def request_limits(settings: Settings, family: str, kind: str = "images") -> dict[str, Any]:
     """What this server accepts for the model: the caps a client would otherwise learn from a 4xx."""
     samples = settings.sample_cap(family, kind)
@@ -132,15 +135,26 @@ async def get_model(
         "graphs": [g.model_dump() for g in m.graphs],
         "estimator": str(m.family_info.get("estimator", "")),
         "default_samples": int(m.family_info.get("default_samples", 0) or 0),
-        "sampling": (
-            m.sampling.model_dump()
-            if m.sampling is not None
-            else {
-                "default_temperature": m.default_temperature,
-                "selected_by": "not recorded (store built before selection)",
-            }
-        ),
-        "limits": request_limits(request.app.state.settings, m.family, m.dataset.kind),
+        "sampling": {
+            **(
+                m.sampling.model_dump()
+                if m.sampling is not None
+                else {
+                    "default_temperature": m.default_temperature,
+                    "selected_by": "not recorded (store built before selection)",
+                }
+            ),
+            # An iterative sampler's defaults (diffusion: steps, sampler, guidance).
+            **{k: v for k, v in m.family_info.items() if k in SAMPLER_DEFAULTS},
+        },
+        "limits": {
+            **request_limits(request.app.state.settings, m.family, m.dataset.kind),
+            **(
+                {"max_denoiser_passes": request.app.state.settings.max_denoiser_passes}
+                if model.engine.sampler_fields
+                else {}
+            ),
+        },
         "evaluation": m.evaluation,
         "outlier_detection": outlier_description(model),
         "training": m.training.model_dump(),

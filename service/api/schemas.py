@@ -11,7 +11,18 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StrictStr
 
-from ..core.fields import Alpha, AtLeastOne, Fdr, Seed, Temperature, Timeout
+from ..core.fields import (
+    Alpha,
+    AtLeastOne,
+    Fdr,
+    Guidance,
+    SamplerName,
+    Seed,
+    Steps,
+    Strength,
+    Temperature,
+    Timeout,
+)
 
 # Strict: lax parsing turned `true` into class 1 and `3.0` into class 3.
 Label = StrictInt | StrictStr
@@ -55,6 +66,19 @@ class SampleRequest(RequestModel):
         "[C] for all samples, or one per sample [n, C], in the context's units.",
     )
     alpha: Alpha = Field(default=0.05, description="Significance level of the context check (vector models).")
+    steps: Steps | None = Field(
+        default=None, description="Diffusion: denoiser steps from noise to data; default the model's."
+    )
+    sampler: SamplerName | None = Field(
+        default=None,
+        description="Diffusion: `ddim` (deterministic given the seed's starting noise) or `ancestral`; "
+        "default the model's.",
+    )
+    guidance: Guidance | None = Field(
+        default=None,
+        description="Diffusion, conditional: classifier-free guidance weight w, ε = (1+w)·ε(y) − w·ε(∅); "
+        "0 is none. Default the model's.",
+    )
     format: Literal["json", "png", "npy"] = "json"
 
 
@@ -80,6 +104,9 @@ class SampleResponse(BaseModel):
     family: str
     seed: int
     temperature: float
+    steps: int | None = Field(default=None, description="Diffusion: the denoiser steps taken.")
+    sampler: str | None = Field(default=None, description="Diffusion: the sampler used.")
+    guidance: float | None = Field(default=None, description="Diffusion: the guidance weight used.")
     shape: list[int]
     levels: int | None = Field(default=None, description="Images: the number of grey levels K.")
     features: list[str] | None = Field(default=None, description="Vectors: the feature names.")
@@ -182,7 +209,11 @@ class ReconstructRequest(RequestModel):
     inputs: Any = Field(
         description="Integer images [N, H, W] or [N, C, H, W] in 0..K-1; or real vectors [N, D]."
     )
-    labels: LabelsField = None
+    labels: LabelsField = Field(
+        default=None,
+        description="The class to reconstruct under, one for all rows or one per row; a conditional "
+        "model given none uses each row's most probable class (returned with its probability).",
+    )
     context: Any = Field(default=None, description="Vector models with a context: [C] or [N, C].")
     mask: Any = Field(
         default=None, description="Same shape as inputs: 1 = known pixel, 0 = fill in (PixelCNN)."
@@ -191,6 +222,16 @@ class ReconstructRequest(RequestModel):
     particles: AtLeastOne | None = Field(
         default=None,
         description="PixelCNN completion: particles per row when known pixels follow missing ones.",
+    )
+    steps: Steps | None = Field(
+        default=None,
+        description="Diffusion: denoiser steps (from noise with a mask; without one, this share of "
+        "them from `strength`); default the model's.",
+    )
+    strength: Strength | None = Field(
+        default=None,
+        description="Diffusion without a mask: the time in (0, 1] the input is noised to before it "
+        "is denoised again (small: close to the input; 1: a new sample). Default 0.5.",
     )
     format: Literal["json", "png", "npz"] = Field(
         default="json",
@@ -208,6 +249,20 @@ class ReconstructResponse(BaseModel):
     description: str
     particles: int | None = Field(
         default=None, description="PixelCNN completion: particles per row (1: exact, none needed)."
+    )
+    steps: int | None = Field(default=None, description="Diffusion: the denoiser steps taken.")
+    strength: float | None = Field(
+        default=None, description="Diffusion without a mask: the time the input was noised to."
+    )
+    labels: list[str] | None = Field(
+        default=None,
+        description="Conditional models: the class each row was reconstructed under (given, or "
+        "inferred when the request named none); null for unconditional models.",
+    )
+    label_probability: list[float] | None = Field(
+        default=None,
+        description="Asked without labels: each row's posterior probability of the label used; "
+        "null when labels were given.",
     )
     outputs: dict[str, list[Any]] = Field(description="Named nested arrays, e.g. reconstruction and latent.")
 

@@ -20,7 +20,7 @@ from ..registry import LoadedModel, Registry
 from .calls import Call, guarded
 from .queries import ReconstructQuery, SampleQuery, ScoreQuery
 from .results import ReconstructResult, SampleResult, ScoreResult
-from .validation import check_mask, check_output_size, resolve_labels
+from .validation import check_mask, check_output_size, check_sampler_fields, resolve_labels
 
 if TYPE_CHECKING:
     from ..lifecycle import Lifecycle
@@ -66,6 +66,10 @@ class Operations:
         context = kind.check_context(q.context, q.n, model.name)
         seed = q.seed if q.seed is not None else secrets.randbits(63)
         temperature = q.temperature if q.temperature is not None else model.manifest.default_temperature
+        family = model.manifest.family
+        check_sampler_fields(q.options, engine.sampler_fields, family, "sampling")
+        options = engine.sampling_options(q.options)
+        self.check_passes(engine.denoiser_passes(q.n, options))
         rng = noise_rng(seed)
         if engine.conditional and labels is None:
             # Unlabelled samples from a conditional model: labels drawn from the class prior,
@@ -75,7 +79,7 @@ class Operations:
         call.stages.done(model.name, model.version.version, "parse")
 
         async def draw() -> tuple[np.ndarray, Verdicts | None]:
-            drawn = await engine.sample(q.n, labels, rng, temperature, context)
+            drawn = await engine.sample(q.n, labels, rng, temperature, context, options)
             checked = None
             if context is not None and q.context is not None and engine.checks_context:
                 sent = q.context
@@ -88,7 +92,17 @@ class Operations:
         samples, checked = await self._run(draw(), call)
         call.stages.done(model.name, model.version.version, "compute")
         self.metrics.samples.labels(model.name).inc(q.n)
-        return SampleResult(model, samples, labels, seed, temperature, checked)
+        return SampleResult(model, samples, labels, seed, temperature, checked, options)
+
+    def check_passes(self, passes: int) -> None:
+        """The cost cap of iterative samplers: rows × steps network passes per request."""
+        limit = self.settings.max_denoiser_passes
+        if passes > limit:
+            raise InvalidInputError.field(
+                ["steps"],
+                f"asks for {passes} denoiser passes (rows × steps, twice with guidance); "
+                f"at most {limit}: fewer steps or rows",
+            )
 
     async def score(self, model: LoadedModel, q: ScoreQuery, call: Call) -> ScoreResult:
         """Log-likelihoods, the label posterior when no labels are given, outlier verdicts."""
@@ -155,34 +169,41 @@ class Operations:
         mask = check_mask(q.mask, x)
         labels = resolve_labels(q.labels, len(x), spec, engine.conditional, model.name)
         context = kind.check_context(q.context, len(x), model.name)
-        if engine.conditional and labels is None:
-            raise InvalidInputError.field(
-                ["labels"],
-                f"model {model.name} is class-conditional: give a class index or name (per row or for all)",
-            )
         pixelcnn_rows = settings.sample_cap("pixelcnn")
         if model.manifest.family == "pixelcnn" and len(x) > pixelcnn_rows:
             raise InvalidInputError.field(["inputs"], f"at most {pixelcnn_rows} rows for pixelcnn completion")
-        if not engine.random_reconstruction and q.particles is not None:
+        if not engine.uses_particles and q.particles is not None:
+            why = "take no particles" if engine.random_reconstruction else "draw nothing"
             raise InvalidInputError.field(
                 ["particles"],
-                f"{model.manifest.family} reconstructions draw nothing: "
-                "particles are for PixelCNN completion",
+                f"{model.manifest.family} reconstructions {why}: particles are for PixelCNN completion",
             )
-        particles = (
-            completion_particles(q.particles, mask, pixelcnn_rows) if engine.random_reconstruction else None
-        )
+        particles = completion_particles(q.particles, mask, pixelcnn_rows) if engine.uses_particles else None
+        check_sampler_fields(q.options, engine.reconstruct_fields, model.manifest.family, "reconstruction")
+        options = engine.reconstruct_options(q.options, mask is not None)
+        self.check_passes(engine.denoiser_passes(len(x), options))
         # Flow and VAE reconstructions are deterministic: no seed is drawn, and none returned.
         seed = None
         if engine.random_reconstruction:
             seed = q.seed if q.seed is not None else secrets.randbits(63)
         call.stages.done(model.name, model.version.version, "parse")
-        result = await self._run(
-            engine.reconstruct(x, labels, mask, noise_rng(seed or 0), particles, context), call
-        )
+        default_samples = int(model.manifest.family_info.get("default_samples", 1) or 1)
+
+        async def rebuild() -> ReconstructResult:
+            used, probability = labels, None
+            if engine.conditional and labels is None:
+                # No label: the most probable class of the input (the known pixels of a
+                # completion) by Bayes' rule; the answer says which and how probable.
+                log_post = await engine.label_posterior(x, mask, default_samples, context)
+                used = log_post.argmax(axis=1).astype(np.int64)
+                probability = np.exp(np.take_along_axis(log_post, used[:, None], axis=1)[:, 0])
+            done = await engine.reconstruct(x, used, mask, noise_rng(seed or 0), particles, context, options)
+            return ReconstructResult(model, x, mask, used, seed, done, probability, options)
+
+        result = await self._run(rebuild(), call)
         call.stages.done(model.name, model.version.version, "compute")
         self.metrics.rows_scored.labels(model.name, "reconstruct").inc(len(x))
-        return ReconstructResult(model, x, mask, labels, seed, result)
+        return result
 
 
 def completion_particles(asked: int | None, mask: np.ndarray | None, cap: int) -> int | None:

@@ -7,9 +7,11 @@ for all rows or one per row (an int64 array from a tensor protocol is one per ro
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
+
+from ..engine.base import SamplerOptions
 
 Labels = int | str | list[int | str] | np.ndarray | None
 
@@ -24,6 +26,7 @@ class SampleQuery:
     seed: int | None = None  # None: the server draws one and reports it
     temperature: float | None = None  # None: the model's default
     alpha: float = 0.05  # of the context check
+    options: SamplerOptions = field(default_factory=SamplerOptions)  # steps, sampler, guidance (diffusion)
 
 
 @dataclass(frozen=True)
@@ -52,3 +55,4 @@ class ReconstructQuery:
     mask: np.ndarray | None = None  # raw 0/1 values shaped like inputs
     seed: int | None = None
     particles: int | None = None
+    options: SamplerOptions = field(default_factory=SamplerOptions)  # steps, strength (diffusion)

@@ -7,12 +7,13 @@ engines produce, and rows are built from them in one pass per column.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
+from numpy.typing import NDArray
 
-from ..engine import Likelihood, Reconstruction
+from ..engine import Likelihood, Reconstruction, SamplerOptions
 from ..outliers import OutlierReport, Verdicts
 from ..registry import LoadedModel
 
@@ -27,6 +28,9 @@ class SampleResult:
     seed: int
     temperature: float
     context_check: Verdicts | None = None  # one verdict per context row sent
+    options: SamplerOptions = field(
+        default_factory=SamplerOptions
+    )  # what an iterative sampler used (diffusion)
 
     def context_rows(self) -> list[dict[str, Any]] | None:
         """The context check as JSON objects, one per context row sent."""
@@ -146,6 +150,28 @@ class ReconstructResult:
     model: LoadedModel
     inputs: np.ndarray  # the checked inputs
     mask: np.ndarray | None  # bool, shaped like inputs
-    labels: np.ndarray | None
+    labels: np.ndarray | None  # the class indices used, given or inferred
     seed: int | None  # None: nothing was drawn (flow and VAE reconstructions)
     reconstruction: Reconstruction
+    # Asked without labels: p(label used | input) by Bayes' rule; None when labels were given.
+    label_probability: NDArray[np.float64] | None = None
+    options: SamplerOptions = field(
+        default_factory=SamplerOptions
+    )  # what an iterative sampler used (diffusion)
+
+    def label_names(self) -> list[str] | None:
+        """The labels used, by class name (None for an unconditional model)."""
+        names = self.model.manifest.dataset.label_names
+        if self.labels is None:
+            return None
+        return [names[i] if names else str(i) for i in self.labels]
+
+    def columns(self) -> dict[str, np.ndarray]:
+        """The outputs as named arrays, with `labels` (class indices used) for a conditional
+        model and `label_probability` when the labels were inferred."""
+        out = dict(self.reconstruction.arrays)
+        if self.labels is not None:
+            out["labels"] = self.labels.astype(np.int64)
+        if self.label_probability is not None:
+            out["label_probability"] = self.label_probability
+        return out

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..engine.base import SamplerOptions
 from ..errors import InvalidInputError, PayloadTooLargeError
 from ..manifest import DatasetSpec, VectorSpec
 from .queries import Labels
@@ -94,4 +95,15 @@ def check_output_size(rows: int, per_row: int, limit: int, field: str) -> None:
     if rows * per_row > limit:
         raise PayloadTooLargeError(
             f"{field}: the response would hold {rows * per_row} values, over the limit of {limit}"
+        )
+
+
+def check_sampler_fields(options: SamplerOptions, allowed: frozenset[str], family: str, what: str) -> None:
+    """A 422 naming the first option that `family` does not take for `what` (sampling or
+    reconstruction): steps, sampler, guidance and strength belong to iterative samplers."""
+    for name in sorted(options.given() - allowed):
+        takes = f"takes {', '.join(sorted(allowed))}" if allowed else "takes none"
+        raise InvalidInputError.field(
+            [name],
+            f"{family} {what} has no {name} option ({family} {what} {takes}; diffusion models take it)",
         )

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from ..manifest import Manifest
-from .base import Engine, GraphCaller, Likelihood, Reconstruction, inline_caller, noise_rng
+from .base import Engine, GraphCaller, Likelihood, Reconstruction, SamplerOptions, inline_caller, noise_rng
+from .diffusion import DiffusionEngine
 from .flow import FlowEngine
 from .gan import GANEngine
 from .pixelcnn import PixelCNNEngine
@@ -17,6 +18,7 @@ ENGINES: dict[tuple[str, str], type[Engine]] = {
     ("images", "vae"): VAEEngine,
     ("images", "gan"): GANEngine,
     ("images", "pixelcnn"): PixelCNNEngine,
+    ("images", "diffusion"): DiffusionEngine,
     ("vectors", "flow"): VectorFlowEngine,
 }
 
@@ -39,6 +41,7 @@ __all__ = [
     "GraphCaller",
     "Likelihood",
     "Reconstruction",
+    "SamplerOptions",
     "UnservableModelError",
     "build_engine",
     "inline_caller",

@@ -75,6 +75,26 @@ class Reconstruction:
     particles: int | None = None  # PixelCNN completion: particles per row (1: exact, none needed)
 
 
+@dataclass(frozen=True)
+class SamplerOptions:
+    """How an iterative sampler runs (diffusion models): None takes the model's default.
+    Engines list the fields they take in `sampler_fields` (sampling) and
+    `reconstruct_fields` (reconstruction); the core refuses the others by name."""
+
+    steps: int | None = None  # denoiser steps from t = 1 (or from `strength`) to 0
+    sampler: str | None = None  # "ddim" (deterministic) or "ancestral"
+    guidance: float | None = None  # classifier-free guidance weight w (0: none)
+    strength: float | None = None  # reconstruction without a mask: the time x is noised to
+
+    def given(self) -> set[str]:
+        """The fields the request set."""
+        return set(self.used())
+
+    def used(self) -> dict[str, int | str | float]:
+        """The fields that are set, by name (what an answer reports)."""
+        return {k: v for k, v in vars(self).items() if v is not None}
+
+
 def noise_rng(seed: int) -> np.random.Generator:
     """The per-request generator: all serving noise comes from here."""
     return np.random.Generator(np.random.PCG64(seed))
@@ -89,6 +109,13 @@ def log_softmax(logits: np.ndarray, axis: int = -1) -> np.ndarray:
 
 # From this many draws on, the level-major layout pays for its per-level Python loop.
 _LEVEL_MAJOR_DRAWS = 256
+
+
+def log_sum_exp(joint: np.ndarray) -> NDArray[np.float64]:
+    """log Σ_y exp(joint[:, y]) per row, without overflow: [B, L] -> [B]."""
+    top = joint.max(axis=1, keepdims=True)
+    out: NDArray[np.float64] = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
+    return out
 
 
 def categorical_from_uniform(logits: np.ndarray, u: np.ndarray) -> np.ndarray:
@@ -126,6 +153,9 @@ class Engine:
     can_reconstruct: bool = True
     sampled_estimator: bool = True  # False: the likelihood is exact, importance_samples unused
     random_reconstruction: bool = False  # True: /reconstruct draws (and returns) a seed
+    uses_particles: bool = False  # True: a completion runs a particle filter (PixelCNN)
+    sampler_fields: frozenset[str] = frozenset()  # SamplerOptions that sample() takes
+    reconstruct_fields: frozenset[str] = frozenset()  # ... and that reconstruct() takes
 
     def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
         self.manifest = manifest
@@ -150,6 +180,18 @@ class Engine:
         L = self.spec.num_classes
         return np.repeat(np.arange(rows), L), np.tile(np.arange(L, dtype=np.int64), rows)
 
+    def sampling_options(self, options: SamplerOptions) -> SamplerOptions:
+        """The options sample() will use, defaults filled in (none for one-pass families)."""
+        return SamplerOptions()
+
+    def reconstruct_options(self, options: SamplerOptions, masked: bool) -> SamplerOptions:
+        """The options reconstruct() will use, defaults filled in."""
+        return SamplerOptions()
+
+    def denoiser_passes(self, rows: int, options: SamplerOptions) -> int:
+        """Network passes per graph row that resolved options cost (the diffusion cap)."""
+        return 0
+
     # --- operations ----------------------------------------------------------------------
     async def sample(
         self,
@@ -158,6 +200,7 @@ class Engine:
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),
     ) -> np.ndarray:
         """`n` samples in data units ([n, C, H, W] levels, or [n, D] values).
 
@@ -211,13 +254,27 @@ class Engine:
                 )
             per = np.concatenate(per_parts)
             joint = per.reshape(len(x), -1) + self.log_prior[None, :]
-            top = joint.max(axis=1, keepdims=True)
-            marginal = top[:, 0] + np.log(np.exp(joint - top).sum(axis=1))
+            marginal = log_sum_exp(joint)
             # Kept in log space: a confident row's runner-up label is e^-700 and beyond.
             log_posterior = joint - marginal[:, None]
             return Likelihood(marginal, self.estimator(samples), samples, True, log_posterior)
         ll = await self.conditional_log_likelihood(x, labels, samples, seed, context)
         return Likelihood(ll, self.estimator(samples), samples)
+
+    async def label_posterior(
+        self,
+        x: np.ndarray,
+        mask: np.ndarray | None,
+        samples: int,
+        context: np.ndarray | None = None,
+    ) -> NDArray[np.float64]:
+        """log p(y | x) [B, L] by Bayes' rule, for a reconstruction asked without labels.
+
+        The whole input is the evidence (the estimator's calibrated noise, seed 0); families
+        that complete a mask override this to weigh the known pixels alone."""
+        lik = await self.log_likelihood(x, None, samples, 0, context)
+        assert lik.log_posterior is not None
+        return lik.log_posterior
 
     async def reconstruct(
         self,
@@ -227,6 +284,7 @@ class Engine:
         rng: np.random.Generator,
         particles: int | None = None,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),
     ) -> Reconstruction:
         """Family-specific reconstruction or completion (`particles`: PixelCNN only)."""
         self.ensure_can_reconstruct()

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from .base import ImageEngine, IntImages, Reconstruction, discretize, noise_rng, row_chunks
+from .base import ImageEngine, IntImages, Reconstruction, SamplerOptions, discretize, noise_rng, row_chunks
 
 
 class FlowEngine(ImageEngine):
@@ -28,6 +28,7 @@ class FlowEngine(ImageEngine):
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> IntImages:
         """x = floor(f^-1(T·z)), z ~ N(0, I)."""
         z = rng.standard_normal((n, *self.shape), dtype=np.float32) * np.float32(temperature)
@@ -70,6 +71,7 @@ class FlowEngine(ImageEngine):
         rng: np.random.Generator,
         particles: int | None = None,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> Reconstruction:
         """z = f(x + ½) (bin centres, deterministic) and its inverse f^-1(z)."""
         self.check_mask_unsupported(mask)

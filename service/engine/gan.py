@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .base import ImageEngine, IntImages, discretize
+from .base import ImageEngine, IntImages, SamplerOptions, discretize
 
 
 class GANEngine(ImageEngine):
@@ -21,6 +21,7 @@ class GANEngine(ImageEngine):
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> IntImages:
         """x = floor(G(T·z)), z ~ N(0, I)."""
         dz = int(self.manifest.family_info["latent_dim"])

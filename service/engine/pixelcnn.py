@@ -8,12 +8,16 @@ import numpy as np
 from numpy.typing import NDArray
 
 from ..errors import InvalidInputError
+from ..manifest import Manifest
 from .base import (
+    GraphCaller,
     ImageEngine,
     IntImages,
     Reconstruction,
+    SamplerOptions,
     categorical_from_uniform,
     log_softmax,
+    log_sum_exp,
     row_chunks,
 )
 from .completion import (
@@ -25,6 +29,7 @@ from .completion import (
     raster_position,
     systematic_indices,
 )
+from .pixelcnn_cursor import Cursor, FullPassCursor, StepCursor
 
 
 class PixelCNNEngine(ImageEngine):
@@ -33,6 +38,13 @@ class PixelCNNEngine(ImageEngine):
     family = "pixelcnn"
     sampled_estimator = False
     random_reconstruction = True  # completion samples the masked pixels
+    uses_particles = True
+
+    def __init__(self, manifest: Manifest, call: GraphCaller) -> None:
+        super().__init__(manifest, call)
+        names = {g.name for g in manifest.graphs}
+        # Stores exported before the incremental graphs existed sample with the full pass.
+        self.fast_steps = {"row_step", "pixel_step"} <= names
 
     def estimator(self, samples: int) -> str:
         return "exact"
@@ -49,14 +61,53 @@ class PixelCNNEngine(ImageEngine):
         context: np.ndarray | None = None,
     ) -> NDArray[np.float64]:
         """Σ_i log p(x_i | x_<i, y), exact."""
+        return await self._pixel_sum(x, labels, None)
+
+    async def _pixel_sum(
+        self, x: IntImages, labels: np.ndarray | None, weights: np.ndarray | None
+    ) -> NDArray[np.float64]:
+        """Σ_i w_i log p(x_i | x_<i, y) per row; every w_i = 1 when `weights` is None."""
         out = np.empty(len(x), dtype=np.float64)
         for part in row_chunks(len(x)):
             xb = x[part]
             feeds = self.feeds({"x": xb.astype(np.float32)}, None if labels is None else labels[part])
             logp = log_softmax((await self.call("logits", feeds))["logits"])  # [B, C, H, W, K]
-            picked = np.take_along_axis(logp, xb[..., None], axis=-1)[..., 0]
+            picked = np.take_along_axis(logp, xb[..., None], axis=-1)[..., 0]  # [B, C, H, W]
+            if weights is not None:
+                picked = picked * weights[part]
             out[part] = picked.reshape(len(xb), -1).sum(axis=1)
         return out
+
+    async def label_posterior(
+        self,
+        x: IntImages,
+        mask: np.ndarray | None,
+        samples: int,
+        context: np.ndarray | None = None,
+    ) -> NDArray[np.float64]:
+        """log p(y | known pixels): each class weighs Σ log p(x_i | x_<i, y) over the known
+        pixels i. Exact when every known pixel comes before every missing one (the missing
+        pixels then never enter a known pixel's context); otherwise the known pixels after
+        a missing one are weighed given the input's values there, an approximation."""
+        if mask is None:
+            return await super().label_posterior(x, mask, samples, context)
+        assert self.log_prior is not None
+        rows, labs = self.all_labels(len(x))
+        weights = mask.astype(np.float64)[rows]
+        joint = (await self._pixel_sum(x[rows], labs, weights)).reshape(len(x), -1) + self.log_prior
+        return joint - log_sum_exp(joint)[:, None]
+
+    def cursor(self, x: IntImages, labels: np.ndarray | None) -> Cursor:
+        """Log-probabilities for a loop that fills x in place: the incremental graphs when
+        the store has them (and `fast_steps` is on), else the full pass."""
+
+        def feeds(data: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+            return self.feeds(data, labels)
+
+        if not self.fast_steps:
+            return FullPassCursor(x, self.call, feeds)
+        row = {t.name: t.shape[1:] for t in self.manifest.graph("row_step").inputs}
+        return StepCursor(x, self.call, feeds, _ints(row["v_cache"]), _ints(row["x_above"]))
 
     async def _fill(
         self,
@@ -67,6 +118,7 @@ class PixelCNNEngine(ImageEngine):
         temperature: float,
     ) -> IntImages:
         x = x.copy()
+        cursor = self.cursor(x, labels)
         C, H, W = self.shape
         t = np.float32(max(temperature, 1e-6))
         for i in range(H):
@@ -74,13 +126,13 @@ class PixelCNNEngine(ImageEngine):
                 for c in range(C):
                     if known is not None and known[:, c, i, j].all():
                         continue
-                    feeds = self.feeds({"x": x.astype(np.float32)}, labels)
-                    logits = (await self.call("logits", feeds))["logits"][:, c, i, j] / t
+                    logits = (await cursor.at(i, j))[:, c] / t  # [N, K]
                     draw = categorical_from_uniform(logits, u[:, c, i, j])
                     if known is None:
                         x[:, c, i, j] = draw
                     else:
                         x[:, c, i, j] = np.where(known[:, c, i, j], x[:, c, i, j], draw)
+                    cursor.wrote(c)
         return x
 
     async def sample(
@@ -90,6 +142,7 @@ class PixelCNNEngine(ImageEngine):
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> IntImages:
         """Ancestral sampling with softmax temperature T."""
         u = rng.random((n, *self.shape), dtype=np.float32)
@@ -103,6 +156,7 @@ class PixelCNNEngine(ImageEngine):
         rng: np.random.Generator,
         particles: int | None = None,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> Reconstruction:
         """Complete the pixels where `mask` is 0, conditioned on every known pixel.
 
@@ -149,9 +203,8 @@ class PixelCNNEngine(ImageEngine):
     ) -> IntImages:
         """Sequential Monte Carlo along the raster order, M particles per row.
 
-        Each step reads only the logits it needs (the known pixels just passed, and the
-        pixel to draw), so the work per step beyond the graph call stays proportional to
-        the rows, not to the whole [rows, C, H, W, K] output.
+        Each step reads only the log-probabilities of one position, so the work per step
+        beyond the graph calls stays proportional to the rows, not to [rows, C, H, W, K].
         """
         N = len(x)
         C, H, W = self.shape
@@ -163,33 +216,26 @@ class PixelCNNEngine(ImageEngine):
         xs = np.repeat(x, M, axis=0)  # [N·M, C, H, W], row n's particles contiguous
         ys = None if labels is None else np.repeat(labels, M, axis=0)
         known_flat = raster_flat(known)  # [N, P]
+        fills: NDArray[np.bool_] = np.logical_not(known_flat.all(axis=0))  # [P]: positions some row fills
         log_w = np.zeros((N, M), dtype=np.float64)
-        weighed = 0  # known pixels before this raster position are in log_w
-
-        async def logits_now() -> np.ndarray:
-            feeds = self.feeds({"x": xs.astype(np.float32)}, ys)
-            out: np.ndarray = (await self.call("logits", feeds))["logits"]  # [N·M, C, H, W, K]
-            return out
-
-        def weigh(logits: np.ndarray, upto: int) -> None:
-            """Add the known pixels at raster positions [weighed, upto] to the log-weights:
-            each read from a call made when every pixel before it was final."""
-            span = np.arange(weighed, upto + 1)
-            span = span[known_flat[:, span].any(axis=0)]
-            if not len(span):
-                return
-            c, i, j = raster_position(span, C, W)
-            lp = log_softmax(logits[:, c, i, j])  # [N·M, L, K]
-            picked = np.take_along_axis(lp, xs[:, c, i, j][..., None], axis=-1)[..., 0]
-            # np.where, not a product: a masked-out -inf must not become NaN.
-            log_w[:] += np.where(known_flat[:, None, span], picked.reshape(N, M, -1), 0.0).sum(axis=2)
-
-        for q in np.flatnonzero(~known_flat.all(axis=0)):  # positions some row fills
+        cursor = self.cursor(xs, ys)
+        rows = np.arange(N * M)
+        # From the first position filled on, every position is visited: known pixels add
+        # their log-probability to their particles' weights (each read when every pixel
+        # before it was final); missing ones are drawn, after resampling rows whose
+        # weights have degenerated. Known pixels before the first fill weigh every
+        # particle of a row alike, so they are left out.
+        for q in range(int(np.argmax(fills)) if fills.any() else P, P):
             (c,), (i,), (j,) = raster_position(np.array([q]), C, W)
-            logits = await logits_now()
-            weigh(logits, int(q))
-            weighed = int(q) + 1
-            step = logits[:, c, i, j].copy()  # [N·M, K]
+            logp = (await cursor.at(int(i), int(j)))[:, c]  # [N·M, K]
+            known_here: NDArray[np.bool_] = known_flat[:, q]  # [N]
+            if known_here.any():
+                picked = log_softmax(logp)[rows, xs[:, c, i, j]].reshape(N, M)
+                # np.where, not a product: a masked-out -inf must not become NaN.
+                log_w += np.where(known_here[:, None], picked, 0.0)
+            if not fills[q]:
+                continue
+            step = logp.copy()
             low = np.flatnonzero(effective_size(log_w) < M / 2)
             if len(low):
                 idx = systematic_indices(log_w[low], u_resample[low, q])  # [L, M]
@@ -197,12 +243,18 @@ class PixelCNNEngine(ImageEngine):
                 dest = (low[:, None] * M + np.arange(M)[None, :]).reshape(-1)
                 xs[dest] = xs[src]
                 step[dest] = step[src]
+                cursor.reorder(src, dest)
                 log_w[low] = 0.0
             draw = categorical_from_uniform(step, u_draw[:, :, c, i, j].reshape(-1))
             fill = ~np.repeat(known[:, c, i, j], M)
             xs[fill, c, i, j] = draw[fill]
-        if weighed < P and known_flat[:, weighed:].any():
-            weigh(await logits_now(), P - 1)
+            cursor.wrote(c)
         chosen = pick_one(log_w, u_pick)  # [N]
         out: IntImages = xs.reshape(N, M, C, H, W)[np.arange(N), chosen]
         return out
+
+
+def _ints(shape: list[int | str]) -> tuple[int, ...]:
+    """A graph input's fixed axes (everything after the batch axis)."""
+    assert all(isinstance(d, int) for d in shape), f"non-fixed axes {shape}"
+    return tuple(int(d) for d in shape)

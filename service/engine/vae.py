@@ -12,6 +12,7 @@ from .base import (
     ImageEngine,
     IntImages,
     Reconstruction,
+    SamplerOptions,
     categorical_from_uniform,
     log_softmax,
     noise_rng,
@@ -44,6 +45,7 @@ class VAEEngine(ImageEngine):
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> IntImages:
         """z ~ N(0, T²I), then one inverse-CDF draw per pixel from p(x | z)."""
         z = rng.standard_normal((n, self.latent_dim), dtype=np.float32) * np.float32(temperature)
@@ -84,6 +86,7 @@ class VAEEngine(ImageEngine):
         rng: np.random.Generator,
         particles: int | None = None,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> Reconstruction:
         """decode(encode(x)) at the posterior mean: the most probable level per pixel."""
         self.check_mask_unsupported(mask)

@@ -17,7 +17,7 @@ from numpy.typing import NDArray
 from ..manifest import Manifest, VectorSpec
 from ..outliers import Verdicts, conformal_p_values
 from ..vector_transform import FeatureMap
-from .base import Arrays, Engine, GraphCaller, Reconstruction
+from .base import Arrays, Engine, GraphCaller, Reconstruction, SamplerOptions
 
 
 class VectorFlowEngine(Engine):
@@ -57,6 +57,7 @@ class VectorFlowEngine(Engine):
         rng: np.random.Generator,
         temperature: float = 1.0,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> NDArray[np.float64]:
         """x = T^-1(f^-1(T·z)), z ~ N(0, I): [n, D] raw values inside the support."""
         z = rng.standard_normal((n, self.spec.dims), dtype=np.float32) * np.float32(temperature)
@@ -108,6 +109,7 @@ class VectorFlowEngine(Engine):
         rng: np.random.Generator,
         particles: int | None = None,
         context: np.ndarray | None = None,
+        options: SamplerOptions = SamplerOptions(),  # noqa: B008 - frozen, shared safely
     ) -> Reconstruction:
         """z = f(T(x)) and its inverse T^-1(f^-1(z)): the latent a client can inspect, and the
         round trip that shows the flow inverts."""

@@ -16,6 +16,7 @@ import numpy as np
 
 from .. import __version__
 from ..core import Call, Operations, ReconstructQuery, SampleQuery, ScoreQuery
+from ..engine import SamplerOptions
 from ..errors import InvalidInputError, ModelNotFoundError
 from ..outliers import METHODS
 from ..registry import LoadedModel
@@ -224,6 +225,8 @@ class DataPlane:
             TensorMeta(k, _dt(dt), _batch(shape))
             for k, (dt, shape) in engine.reconstruction_outputs().items()
         ]
+        if engine.conditional:  # the class used; its probability when inferred (no labels sent)
+            outs += [TensorMeta("labels", "INT64", [-1]), TensorMeta("label_probability", "FP64", [-1])]
         return [data, *mask, *labels, *context], outs
 
     # --- inference ---------------------------------------------------------------------
@@ -263,6 +266,7 @@ class DataPlane:
                 seed=sp.seed,
                 temperature=sp.temperature,
                 alpha=sp.alpha,
+                options=SamplerOptions(steps=sp.steps, sampler=sp.sampler, guidance=sp.guidance),
             )
             sampled = await ops.sample(model, query, call)
             produced = {"samples": sampled.samples}
@@ -273,7 +277,7 @@ class DataPlane:
                 produced["context_score"] = check.score
                 produced["context_p_value"] = check.p_value
                 produced["context_is_outlier"] = check.is_outlier
-            facts = {"seed": sampled.seed, "temperature": sampled.temperature}
+            facts = {"seed": sampled.seed, "temperature": sampled.temperature, **sampled.options.used()}
         elif operation == "log_likelihood":
             lp = parse_parameters(ScoreParameters, request.parameters)
             call.timeout = lp.timeout_s
@@ -303,10 +307,11 @@ class DataPlane:
                 mask=arrays.get("mask"),
                 seed=rp.seed,
                 particles=rp.particles,
+                options=SamplerOptions(steps=rp.steps, strength=rp.strength),
             )
             rebuilt = await ops.reconstruct(model, rebuild, call)
-            produced = dict(rebuilt.reconstruction.arrays)
-            facts = {"description": rebuilt.reconstruction.description}
+            produced = rebuilt.columns()
+            facts = {"description": rebuilt.reconstruction.description, **rebuilt.options.used()}
             if rebuilt.seed is not None:
                 facts["seed"] = rebuilt.seed
             if rebuilt.reconstruction.particles is not None:

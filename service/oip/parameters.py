@@ -10,7 +10,7 @@ from typing import Annotated, Any, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from ..core.fields import Alpha, AtLeastOne, Fdr, Seed, Temperature
+from ..core.fields import Alpha, AtLeastOne, Fdr, Guidance, SamplerName, Seed, Steps, Strength, Temperature
 from ..errors import FieldError, InvalidInputError
 
 P = TypeVar("P", bound=BaseModel)
@@ -33,6 +33,9 @@ class SampleParameters(OperationParameters):
     seed: Seed | None = None
     temperature: Temperature | None = None
     alpha: Alpha = 0.05
+    steps: Steps | None = None
+    sampler: SamplerName | None = None
+    guidance: Guidance | None = None
 
 
 class ScoreParameters(OperationParameters):
@@ -48,6 +51,8 @@ class ScoreParameters(OperationParameters):
 class ReconstructParameters(OperationParameters):
     seed: Seed | None = None
     particles: AtLeastOne | None = None
+    steps: Steps | None = None
+    strength: Strength | None = None
 
 
 def parse_parameters(cls: type[P], raw: dict[str, Any], where: tuple[str, ...] = ("parameters",)) -> P:

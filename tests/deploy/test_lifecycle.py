@@ -18,6 +18,7 @@ import pytest
 from service.app import create_app
 from service.config import Settings
 from tests.deploy.procs import Server, metric, models_env
+from tests.service.publishing import damaged_copy
 
 pytestmark = pytest.mark.slow
 
@@ -166,13 +167,7 @@ def test_grace_period_bounds_the_drain(
 @pytest.fixture
 def bad_store(tiny_store: Path, tmp_path: Path) -> Path:
     """The tiny store with one byte of vae-digits v1's decoder flipped."""
-    root = tmp_path / "store"
-    shutil.copytree(tiny_store, root)
-    victim = sorted((root / "vae-digits" / "1").glob("*.onnx"))[0]
-    data = bytearray(victim.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    victim.write_bytes(bytes(data))
-    return root
+    return damaged_copy(tiny_store, tmp_path)
 
 
 def test_bad_store_leaves_the_server_live_but_not_ready(bad_store: Path, tmp_path: Path) -> None:

@@ -43,3 +43,15 @@ def publish_corrupted(root: Path, name: str) -> int:
     finally:
         shutil.rmtree(scratch)
     return version
+
+
+def damaged_copy(store: Path, into: Path, model: str = "vae-digits") -> Path:
+    """A copy of `store` with one byte of `model` v1's first ONNX graph flipped (its hash
+    no longer verifies)."""
+    root = into / "store"
+    shutil.copytree(store, root)
+    victim = sorted((root / model / "1").glob("*.onnx"))[0]
+    data = bytearray(victim.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    return root

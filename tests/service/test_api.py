@@ -24,8 +24,8 @@ from tests.service.asgi import Client
 from tests.service.servers import uvicorn_server
 from training.data import load_dataset
 
-FAMILIES = ["flow", "vae", "gan", "pixelcnn"]
-LIKELIHOOD = ["flow", "vae", "pixelcnn"]
+FAMILIES = ["flow", "vae", "gan", "pixelcnn", "diffusion"]
+LIKELIHOOD = ["flow", "vae", "pixelcnn", "diffusion"]
 NPY = "application/x-npy"
 
 
@@ -206,8 +206,8 @@ def test_temperature_changes_samples(client: Client) -> None:
 def test_default_temperature_is_the_manifests(client: Client, family: str) -> None:
     detail = client.get(f"/models/{model(family)}").json()["sampling"]
     default = detail["default_temperature"]
-    if family == "pixelcnn":
-        assert default == 1.0  # the exact model's own samples; no grid is tried
+    if family in ("pixelcnn", "diffusion"):
+        assert default == 1.0  # the model's own samples; no grid is tried (diffusion: guidance is)
     else:
         # chosen on validation from the grid, with the distance of every candidate recorded
         assert str(default) in {f"{t:g}" for t in (1.0, 0.95, 0.9, 0.85, 0.8)} or default == 1.0
@@ -349,6 +349,48 @@ def test_reconstruct_latents(client: Client, family: str, digits: np.ndarray) ->
     assert r.json()["seed"] is None  # deterministic: the seed given is not used, none returned
 
 
+@pytest.mark.parametrize("family", ["flow", "vae", "pixelcnn", "diffusion"])
+def test_reconstruct_without_labels_uses_the_most_probable_class(
+    client: Client, family: str, digits: np.ndarray
+) -> None:
+    body: dict[str, Any] = {"model": model(family), "inputs": digits.tolist(), "seed": 3}
+    if family == "pixelcnn":  # every pixel known: the evidence is the whole image
+        body["mask"] = np.ones_like(digits).tolist()
+    r = client.post("/reconstruct", json=body)
+    assert r.status_code == 200, r.text
+    out = r.json()
+    scored = client.post("/log-likelihood", json={"model": model(family), "inputs": digits.tolist()}).json()
+    # The label used is the posterior's most probable one, with its probability.
+    assert out["labels"] == [row["predicted_label"] for row in scored["results"]]
+    expected = [max(row["label_posterior"].values()) for row in scored["results"]]
+    np.testing.assert_allclose(out["label_probability"], expected, rtol=1e-6)
+    assert all(0 < p <= 1 for p in out["label_probability"])
+    # The answer is the reconstruction under that label, as if it had been given.
+    again = client.post("/reconstruct", json={**body, "labels": out["labels"]}).json()
+    assert again["outputs"]["reconstruction"] == out["outputs"]["reconstruction"]
+    assert again["labels"] == out["labels"] and again["label_probability"] is None
+    npz = client.post("/reconstruct", json={**body, "format": "npz"})
+    cols = np.load(io.BytesIO(npz.content))
+    names = client.get(f"/models/{model(family)}").json()["labels"]
+    assert [names[i] for i in cols["labels"]] == out["labels"]
+    np.testing.assert_allclose(cols["label_probability"], out["label_probability"])
+
+
+def test_completion_without_labels_weighs_the_known_pixels_only(client: Client, digits: np.ndarray) -> None:
+    # Whatever the missing pixels hold, the label comes from the known ones.
+    mask = np.zeros_like(digits)
+    mask[:, :4] = 1
+    answers = []
+    for fill in (0, 16):
+        x = np.where(mask == 1, digits, fill)
+        body = {"model": model("pixelcnn"), "inputs": x.tolist(), "mask": mask.tolist(), "seed": 1}
+        r = client.post("/reconstruct", json=body)
+        assert r.status_code == 200, r.text
+        answers.append((r.json()["labels"], r.json()["label_probability"]))
+    assert answers[0][0] == answers[1][0]
+    np.testing.assert_allclose(answers[0][1], answers[1][1], rtol=1e-9)
+
+
 def test_pixelcnn_completion_keeps_known_pixels(client: Client, digits: np.ndarray) -> None:
     mask = np.zeros_like(digits)
     mask[:, :4] = 1  # top half known
@@ -402,8 +444,9 @@ def test_reconstructions_as_npz_and_png(client: Client, digits: np.ndarray) -> N
     assert r.status_code == 200 and r.headers["content-type"] == "application/x-npz"
     assert "x-genserve-seed" not in r.headers  # a VAE reconstruction draws nothing
     with np.load(io.BytesIO(r.content), allow_pickle=False) as arrays:
-        assert set(arrays.files) == set(as_json)
-        for name in arrays.files:
+        assert set(arrays.files) == set(as_json) | {"labels"}  # and the class used, by index
+        assert arrays["labels"].tolist() == [1] * len(digits)
+        for name in as_json:
             np.testing.assert_allclose(arrays[name], np.asarray(as_json[name]), rtol=1e-6)
     # An .npy body takes the format from the query string.
     buf = io.BytesIO()
@@ -489,7 +532,6 @@ def test_particles_are_checked_where_they_mean_nothing(client: Client, digits: n
             422,
             "outlier_method",
         ),
-        ("/reconstruct", {"model": "vae-digits", "inputs": [[[0] * 8] * 8]}, 422, "labels"),
         (
             "/reconstruct",
             {"model": "pixelcnn-digits", "inputs": [[[0] * 8] * 8], "labels": 0, "mask": [[[2] * 8] * 8]},
@@ -664,6 +706,8 @@ def test_openapi_documents_the_npy_query_and_a_call_with_all_of_it_works(
         "labels",
         "context",
         "seed",
+        "steps",
+        "strength",
         "format",
     }
     version = client.get("/models/vae-digits").json()["version"]
@@ -867,10 +911,11 @@ def real_server(tiny_store: Path) -> Iterator[str]:
         yield url
 
 
-def _logits_batches(url: str) -> float:
-    """Batched PixelCNN `logits` calls so far, from the graph histogram on /metrics."""
+def _pixel_batches(url: str) -> float:
+    """Batched PixelCNN `pixel_step` calls so far (one per pixel of a sampling loop), from
+    the graph histogram on /metrics."""
     for line in httpx.get(f"{url}/metrics").text.splitlines():
-        wanted = 'graph="logits"' in line and 'stage="compute"' in line
+        wanted = 'graph="pixel_step"' in line and 'stage="compute"' in line
         if line.startswith("genserve_graph_seconds_count") and wanted:
             return float(line.rsplit(" ", 1)[1])
     return 0.0
@@ -887,7 +932,7 @@ def test_real_disconnect_stops_a_sampling_loop(tiny_store: Path) -> None:
     from urllib.parse import urlparse
 
     with uvicorn_server(tiny_store, GENSERVE_MODELS='["pixelcnn-digits"]', GENSERVE_MAX_DELAY_MS="20") as url:
-        before = _logits_batches(url)
+        before = _pixel_batches(url)
         body = json.dumps({"model": "pixelcnn-digits", "n": 4, "seed": 1}).encode()
         port = urlparse(url).port
         with socket.create_connection(("127.0.0.1", port)) as conn:
@@ -898,7 +943,7 @@ def test_real_disconnect_stops_a_sampling_loop(tiny_store: Path) -> None:
             )
             time.sleep(0.3)
         time.sleep(1.5)  # longer than the rest of the loop would have taken
-        steps = _logits_batches(url) - before
+        steps = _pixel_batches(url) - before
         assert 0 < steps < 40  # 64 steps for a full 8x8 sample
 
 

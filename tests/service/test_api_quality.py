@@ -27,9 +27,11 @@ from training.classifier import Classifier, load_or_train_classifier
 from training.data import ImageDataset, Splits, load_dataset, make_splits
 from training.evaluate import EvalSettings
 
-# The VAE and the GAN train in about a minute each and run in the default suite; the flow
-# and the PixelCNN (~2.5 minutes each) are marked `quality`, run by `make test-quality`.
-QUALITY_SLOW = ("flow", "pixelcnn")
+# The GAN's recipe trains in a few minutes and runs in the default suite (a GAN that draws
+# noise after a cut or a busy machine is the failure it must catch); the flow, the VAE
+# and the PixelCNN (4-8 minutes each on one thread) are marked `quality`, run by `make
+# test-quality`: the VAE's ~5 minutes pushed the suite past its 15-minute budget.
+QUALITY_SLOW = ("flow", "vae", "pixelcnn")
 LIKELIHOOD = ("flow", "vae", "pixelcnn")
 SAMPLES = 500  # 50 per class; at a true accuracy of 0.97 the standard error is ~0.008
 

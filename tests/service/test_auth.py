@@ -99,3 +99,14 @@ def test_binding_beyond_loopback_without_a_token_warns(
         create_app(Settings(model_store=tmp_path, host="0.0.0.0", api_token=TOKEN))
         create_app(Settings(model_store=tmp_path))
     assert not any("without an access token" in r.getMessage() for r in caplog.records)
+
+
+def test_the_playground_page_loads_without_the_token_but_its_api_calls_need_it(client: Client) -> None:
+    # The page holds no data; the browser asks for the token once the API answers 401.
+    root = client.get("/", follow_redirects=False)
+    assert root.status_code == 307 and root.headers["location"] == "playground/"
+    page = client.get("/playground/")
+    assert page.status_code == 200 and "genserve playground" in page.text
+    assert client.get("/playground/static/playground.js").status_code == 200
+    assert client.get("/playground/../models").status_code == 401
+    assert client.get("/playground-not-the-page").status_code == 401

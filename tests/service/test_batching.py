@@ -14,6 +14,7 @@ import httpx
 import numpy as np
 import pytest
 
+from service import batching
 from service.api.execution import request_gone
 from service.app import create_app
 from service.batching import Batcher, BatchLimits, row_parts
@@ -140,6 +141,82 @@ def test_batches_spread_over_lanes_run_side_by_side_and_equal_one_call() -> None
         single = await call("g", {"x": x[:1]})  # a single row: one call on every thread
         np.testing.assert_array_equal(single["y"], x[:1] * 2)
         assert backend.lane_calls == [3, 3]
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+class GatedBackend(RecordingBackend):
+    """Lane calls whose rows hold 9 block until `gate` opens; the others return at once."""
+
+    def __init__(self) -> None:
+        super().__init__(lanes=2)
+        self.gate = threading.Event()
+
+    def run_lane(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        if (inputs["x"] == 9.0).any():
+            assert self.gate.wait(5)
+        return super().run_lane(graph, inputs)
+
+
+def test_a_free_lane_takes_new_calls_while_another_lane_computes() -> None:
+    # The lanes used to wait for each other: one slow part held every lane idle, and the
+    # event loop answered a batch while no runtime worked (the high-concurrency tail).
+    async def main() -> None:
+        backend = GatedBackend()
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend)
+        slow = asyncio.ensure_future(call("g", {"x": np.array([[9.0], [1.0]])}))  # a part per lane
+        await asyncio.sleep(0.05)
+        later = await asyncio.wait_for(call("g", {"x": np.array([[2.0], [3.0]])}), 2)
+        np.testing.assert_array_equal(later["y"], [[4.0], [6.0]])
+        assert not slow.done()  # answered on the free lane while the first batch computes
+        backend.gate.set()
+        np.testing.assert_array_equal((await slow)["y"], [[18.0], [2.0]])
+        assert backend.lane_calls == [1, 2, 1]  # recorded as they end: the gated part last
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_lane_takes_its_share_of_the_waiting_calls_while_another_computes() -> None:
+    # Taking every waiting call onto the one free lane made one long batch while the other
+    # lane was about to free up: the tail of the wait at c=16.
+    async def main() -> None:
+        backend = GatedBackend()
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend)
+        slow = asyncio.ensure_future(call("g", {"x": np.array([[9.0], [1.0]])}))
+        await asyncio.sleep(0.05)  # one lane held by the gated part, the other free
+        quick = await asyncio.gather(*(call("g", {"x": np.full((1, 1), float(i))}) for i in range(6)))
+        assert [int(q["y"][0, 0]) for q in quick] == [0, 2, 4, 6, 8, 10]
+        assert backend.lane_calls[:2] == [1, 3]  # half of the six waiting, not all of them
+        backend.gate.set()
+        await slow
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_calls_are_served_in_arrival_order_across_batches() -> None:
+    # No call waits behind a later one: each batch starts with the oldest waiting call.
+    async def main() -> None:
+        backend = RecordingBackend(delay=0.01, lanes=2)
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend, BatchLimits(max_batch=3))
+        order: list[int] = []
+
+        async def one(i: int) -> None:
+            await asyncio.sleep(i * 0.002)
+            await call("g", {"x": np.full((1, 1), float(i))})
+            order.append(i)
+
+        await asyncio.gather(*(one(i) for i in range(40)))
+        # Every batch part is a run of consecutive calls: a batch never skips an older
+        # waiting call for a newer one (parts may finish out of order across lanes).
+        parts = sorted([int(v) for v in b[:, 0]] for b in backend.batches)
+        assert [i for p in parts for i in p] == list(range(40))
+        assert max(order[:10]) < 20  # the first answers are the first calls, give or take a batch
         await batcher.close()
 
     asyncio.run(main())
@@ -318,6 +395,21 @@ def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]
             ("/reconstruct", {"model": model, "inputs": x[i : i + 2].tolist(), "labels": 1, "seed": i})
             for i in range(2)
         ]
+    if family == "diffusion":
+        bottom = np.ones((2, 8, 8), dtype=int)
+        bottom[:, 4:] = 0
+        reqs += [  # other step counts, the other sampler, guidance: each step one batched call
+            ("/sample", {"model": model, "n": 2, "labels": 4, "seed": 7, "steps": 5, "guidance": 1.5}),
+            ("/sample", {"model": model, "n": 2, "labels": 6, "seed": 8, "steps": 2, "sampler": "ancestral"}),
+            (
+                "/reconstruct",
+                {"model": model, "inputs": x[:2].tolist(), "labels": 1, "mask": bottom.tolist(), "seed": 3},
+            ),
+            (
+                "/reconstruct",
+                {"model": model, "inputs": x[2:4].tolist(), "labels": 2, "seed": 4, "strength": 0.6},
+            ),
+        ]
     if family == "pixelcnn":
         bottom = np.ones((2, 8, 8), dtype=int)
         bottom[:, 5:] = 0  # exact completion
@@ -341,7 +433,7 @@ def _requests_for(family: str, x: np.ndarray) -> list[tuple[str, dict[str, Any]]
 
 
 @pytest.mark.parametrize("lanes", [1, 2])
-@pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn"])
+@pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn", "diffusion"])
 def test_batched_equals_unbatched(tiny_store: Path, family: str, lanes: int) -> None:
     x = load_dataset("digits").x[:8, 0]
     reqs = _requests_for(family, x)
@@ -393,3 +485,78 @@ def test_http_deadline_gives_504_then_next_request_succeeds(tiny_store: Path) ->
     assert slow.status_code == 504
     assert slow.json()["type"].endswith("deadline-exceeded")
     assert ok.status_code == 200
+
+
+class ThreadNoting(RecordingBackend):
+    """Notes the thread every batch ran on."""
+
+    def __init__(self, delay: float = 0.0, lanes: int = 2) -> None:
+        super().__init__(delay, lanes)
+        self.threads: list[int] = []
+
+    def run(self, graph: str, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self.threads.append(threading.get_ident())
+        return super().run(graph, inputs)
+
+
+@pytest.mark.parametrize(("delay", "inline"), [(0.0, True), (0.05, False)])
+def test_quick_graphs_run_on_the_event_loop_and_slow_ones_on_the_lanes(
+    delay: float, inline: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A sampling loop's calls (one after another, each a few hundred microseconds) would
+    pay a thread hand-off each; once a graph is known to be quick, it runs inline."""
+    # A looser threshold than the real one: a busy CI machine must not make a no-op slow.
+    monkeypatch.setattr(batching, "INLINE_BELOW", 0.02)
+
+    async def main() -> None:
+        backend = ThreadNoting(delay)
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend)
+        for i in range(5):
+            out = await call("g", {"x": np.full((1, 3), float(i))})
+            np.testing.assert_array_equal(out["y"], np.full((1, 3), 2.0 * i))
+        loop_thread = threading.get_ident()
+        assert backend.threads[0] != loop_thread  # not known to be quick yet
+        assert all((t == loop_thread) == inline for t in backend.threads[1:])
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_large_batch_of_a_quick_graph_goes_to_the_lanes(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Judged per row: small calls that ran inline do not bring a large batch onto the loop."""
+    monkeypatch.setattr(batching, "INLINE_BELOW", 0.02)
+
+    async def main() -> None:
+        backend = ThreadNoting(0.001)  # ~1 ms a batch, whatever its rows: at one row, 1 ms a row
+        batcher = Batcher(lanes=2)
+        call = batcher.caller("m/v1", backend)
+        for _ in range(3):
+            await call("g", {"x": np.ones((1, 3))})
+        loop_thread = threading.get_ident()
+        assert backend.threads[-1] == loop_thread  # one row: quick
+        backend.threads.clear()
+        await call("g", {"x": np.ones((64, 3))})  # 64 rows at ~1 ms a row: not quick
+        assert backend.threads and loop_thread not in backend.threads
+        await batcher.close()
+
+    asyncio.run(main())
+
+
+def test_a_quick_graph_goes_to_a_lane_while_another_lane_computes() -> None:
+    async def main() -> None:
+        quick, slow = ThreadNoting(0.0, lanes=3), ThreadNoting(0.2, lanes=3)
+        batcher = Batcher(lanes=3)
+        call_quick, call_slow = batcher.caller("q/v1", quick), batcher.caller("s/v1", slow)
+        for _ in range(2):  # learn that it is quick
+            await call_quick("g", {"x": np.ones((1, 3))})
+        quick.threads.clear()
+        busy = asyncio.ensure_future(call_slow("g", {"x": np.ones((2, 3))}))
+        await asyncio.sleep(0.02)  # the slow batch's two parts hold two of the three lanes
+        await call_quick("g", {"x": np.ones((1, 3))})
+        assert quick.threads and quick.threads[0] != threading.get_ident()
+        assert not busy.done()  # it ran beside the slow batch, on the free lane
+        await busy
+        await batcher.close()
+
+    asyncio.run(main())

@@ -66,6 +66,7 @@ def engine_for(model: TableModel) -> PixelCNNEngine:
         "dataset": spec,
         "conditioning": Conditioning(conditional=False, class_prior=None),
         "family_info": {},
+        "graphs": [],  # the table model answers `logits` only: the full-pass loops
     }
     engine = build_engine(Manifest.model_construct(**fields), model)
     assert isinstance(engine, PixelCNNEngine)

@@ -57,7 +57,7 @@ def test_categorical_draws_have_the_softmax_frequencies(n: int) -> None:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", ["flow", "vae", "pixelcnn"])
+@pytest.mark.parametrize("family", ["flow", "vae", "pixelcnn", "diffusion"])
 def test_large_requests_are_cut_into_bounded_calls_with_the_same_answers(
     family: str, tiny_store: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

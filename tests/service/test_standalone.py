@@ -72,5 +72,5 @@ def test_every_graph_runs_without_the_training_package(tiny_store: Path) -> None
     ran = json.loads(out.stdout.strip().splitlines()[-1])
     graphs = {(m, g) for m, _, g in ran}
     assert {b for _, b, _ in ran} == {"onnxruntime", "torchscript"}
-    assert len(graphs) == 3 + 3 + 1 + 1  # flow, vae, gan, pixelcnn graphs
+    assert len(graphs) == 3 + 3 + 1 + 3 + 1  # flow, vae, gan, pixelcnn (logits, two steps), diffusion
     assert len(ran) == 2 * len(graphs)

@@ -456,3 +456,52 @@ def test_an_integrity_error_survives_pickling() -> None:
         ["a.onnx: hash mismatch", "b"],
         "m/1: a.onnx: hash mismatch; b",
     )
+
+
+def test_a_pixelcnn_s_step_graphs_must_fit_each_other_and_the_images() -> None:
+    """The engine sizes its caches from these shapes: a mismatch fails the version at
+    load, never a request."""
+
+    def graph(name: str, inputs: dict[str, list[Any]]) -> dict[str, Any]:
+        return {
+            "name": name,
+            "description": name,
+            "inputs": [
+                {"name": n, "dtype": "int64" if n in ("row", "pos") else "float32", "shape": s}
+                for n, s in inputs.items()
+            ],
+            "outputs": [{"name": "out", "dtype": "float32", "shape": ["batch"]}],
+            "files": {"onnx": f"{name}.onnx"},
+        }
+
+    def manifest(x_left_width: int, with_pixel: bool = True) -> dict[str, Any]:
+        graphs = [
+            graph("logits", {"x": ["batch", 1, 2, 2]}),
+            graph(
+                "row_step",
+                {"x_above": ["batch", 1, 1, 2], "v_cache": ["batch", 3, 4, 1, 2], "row": ["batch"]},
+            ),
+        ]
+        if with_pixel:
+            shapes = {
+                "x_left": ["batch", 1, 1, x_left_width],
+                "h_cache": ["batch", 3, 4, 1],
+                "vh": ["batch", 3, 8],
+                "pos": ["batch", 2],
+            }
+            graphs.append(graph("pixel_step", shapes))
+        entry = {"sha256": "0" * 64, "bytes": 1, "format": "onnx"}
+        files = [{"path": f"{g['name']}.onnx", **entry} for g in graphs]
+        return {
+            **fields(family="pixelcnn", family_info={}),
+            "graphs": graphs,
+            "name": "p",
+            "version": 1,
+            "files": files,
+        }
+
+    Manifest.model_validate(manifest(2))
+    with pytest.raises(ValidationError, match="do not fit"):
+        Manifest.model_validate(manifest(3))
+    with pytest.raises(ValidationError, match="come together"):
+        Manifest.model_validate(manifest(2, with_pixel=False))

@@ -57,9 +57,16 @@ def test_export_round_trip_parity(family: str, conditional: bool, tmp_path: Path
 
     # the loaded graphs run at batch sizes never exported, in both backends, and agree
     x, y = batch(7, seed=9)
+    examples = {g.name: getattr(g, "example", None) for g in graph_defs(model)}  # type: ignore[arg-type]
     for g in specs:
         feeds = {}
+        make_example = examples[g.name]
+        if make_example is not None:  # inputs with a meaning (levels, positions): the graph's own
+            ins = make_example(7, x, y, torch.Generator().manual_seed(3))
+            feeds = {t.name: a.numpy() for t, a in zip(g.inputs, ins, strict=True)}
         for t in g.inputs:
+            if t.name in feeds:
+                continue
             shape = [7 if d == "batch" else 3 if d == "samples" else int(d) for d in t.shape]
             feeds[t.name] = (
                 y.numpy()
@@ -78,7 +85,7 @@ def test_export_round_trip_parity(family: str, conditional: bool, tmp_path: Path
             np.testing.assert_allclose(outs[0][name], outs[2][name], rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn"])
+@pytest.mark.parametrize("family", ["flow", "vae", "gan", "pixelcnn", "diffusion"])
 def test_seeded_sample_identical_across_onnx_torchscript_and_eager(family: str, tmp_path: Path) -> None:
     model, specs, _ = exported(family, True, tmp_path)
     manifest = provisional_manifest(model, specs, tmp_path)
@@ -136,7 +143,7 @@ def test_graph_signatures_follow_the_design() -> None:
         "flow": {"log_prob", "forward", "inverse"},
         "vae": {"encode", "decode", "log_weights"},
         "gan": {"generate"},
-        "pixelcnn": {"logits"},
+        "pixelcnn": {"logits", "row_step", "pixel_step"},
     }
     for family, names in expected.items():
         model = make(family, True)

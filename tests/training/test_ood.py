@@ -96,7 +96,7 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     report = evaluate_store(tiny_store, "digits")
     assert set(report.protocols) == {"transformed", "simpler"}
     detectors = {r.detector for r in report.protocols["simpler"]}
-    for fam in ("flow", "vae", "pixelcnn"):
+    for fam in ("flow", "vae", "pixelcnn", "diffusion"):
         assert {f"{fam}/nll", f"{fam}/typicality", f"{fam}/complexity"} <= detectors
         assert report.defaults[fam] in set(METHODS)
     assert {"isolation-forest", "lof", "one-class-svm", "kde"} <= detectors
@@ -108,7 +108,7 @@ def test_store_protocols_and_calibration_report(tiny_store: Path) -> None:
     assert kde.sets["uniform-noise"]["auroc"] > 0.95  # a fitted density tells noise from digits
     # Calibration rows: every likelihood model, marginal and labelled, every method (the
     # label posterior's own score only unlabelled).
-    assert len(report.calibration) == 3 * (2 * len(METHODS) - 1)
+    assert len(report.calibration) == 4 * (2 * len(METHODS) - 1)
     for c in report.calibration:
         assert c.n == report.calibration[0].n > 200  # the whole test split
         assert c.n_calibration > 200  # the whole calibration split

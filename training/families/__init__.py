@@ -1,4 +1,4 @@
-"""The four families, their configs, and the default settings for a dataset."""
+"""The five families, their configs, and the default settings for a dataset."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 from service.manifest import DatasetSpec
 
 from .base import FamilyConfig, GenerativeModel
+from .diffusion import DiffusionConfig, DiffusionModel
 from .flow import FlowConfig, FlowModel
 from .gan import GANConfig, GANModel
 from .pixelcnn import PixelCNNConfig, PixelCNNModel
@@ -17,6 +18,7 @@ FAMILIES: dict[str, tuple[type[GenerativeModel], type[FamilyConfig]]] = {
     "vae": (VAEModel, VAEConfig),
     "gan": (GANModel, GANConfig),
     "pixelcnn": (PixelCNNModel, PixelCNNConfig),
+    "diffusion": (DiffusionModel, DiffusionConfig),
 }
 
 
@@ -52,6 +54,7 @@ def default_config(family: str, spec: DatasetSpec, **overrides: Any) -> FamilyCo
             "vae": {"latent": 32, "channels": 32, "hidden": 512},
             "gan": {"latent": 64, "g_channels": 32, "d_channels": 32},
             "pixelcnn": {"channels": 64, "layers": 10, "dilations": (1, 2, 1, 4)},
+            "diffusion": {"channels": 32, "channel_mult": (1, 2, 2)},
         }
         base = dict(presets[family])
     base.update(overrides)

@@ -192,7 +192,11 @@ def test_sample_and_reconstruct_through_oip(client: Client) -> None:
         [tensor("inputs", DIGITS, "INT64"), tensor("labels", np.array([0, 1, 2]), "INT64")],
     )
     md = {t["name"]: t for t in client.get("/v2/models/vae-digits.reconstruct").json()["outputs"]}
-    assert set(outputs(rec)) == set(md)
+    assert set(outputs(rec)) == set(md) - {"label_probability"}  # labels were sent
+    assert outputs(rec)["labels"].tolist() == [0, 1, 2]
+    inferred = outputs(infer(client, "vae-digits.reconstruct", [tensor("inputs", DIGITS, "INT64")]))
+    assert set(inferred) == set(md)  # no labels: the most probable class and its probability
+    assert np.all((inferred["label_probability"] > 0) & (inferred["label_probability"] <= 1))
     for name, arr in outputs(rec).items():
         assert list(arr.shape)[1:] == md[name]["shape"][1:]
     mask = np.ones((3, 1, 8, 8), dtype=bool)

@@ -1,0 +1,1 @@
+"""genserve's Python client (`genserve.client`); the server is `service`, training `training`."""
