@@ -73,8 +73,11 @@ def wait(browser: Any, condition: Any, timeout: float = 60) -> Any:
         shown = error[0].text if error and error[0].is_displayed() else "(no error shown)"
         busy = browser.find_element(By.TAG_NAME, "body").get_attribute("aria-busy")
         console = [e["message"] for e in browser.get_log("browser")]
+        focus = browser.execute_script("return document.activeElement && document.activeElement.id")
+        scored = browser.find_element(By.ID, "score-out").text
         pytest.fail(
-            f"page did not get there in {timeout} s; busy={busy}; error box: {shown}; console: {console}"
+            f"page did not get there in {timeout} s; busy={busy}; error box: {shown}; "
+            f"console: {console}; focus: {focus!r}; score output: {scored!r}"
         )
 
 
@@ -158,6 +161,11 @@ def test_the_page_samples_scores_and_completes(browser: Any, server: str, model:
     for _ in range(6):
         keys.send_keys(webdriver.Keys.SPACE, webdriver.Keys.ARROW_DOWN)
     keys.perform()
+    # The click focused the canvas, so the keys drew there (sent anywhere else, Space would
+    # press the last button clicked, "same seed again", and the page would sample instead).
+    assert browser.execute_script("return document.activeElement.id") == "canvas"
+    inked = browser.execute_script("return state.image[0].flat().filter((v) => v > 0).length")
+    assert inked >= 4  # the click's cell and the keyboard's stroke
     score_button.click()
     bars = wait(browser, ec.presence_of_all_elements_located((By.CSS_SELECTOR, "#posterior .bar")))
     total = sum(float(b.get_attribute("data-p")) for b in bars)

@@ -66,7 +66,9 @@ async function call(path, body) {
     }
     if (response.status === 401) $("token-box").hidden = false;
     showError(problem);
-    throw new Error(problem.detail || response.statusText);
+    const error = new Error(problem.detail || response.statusText);
+    error.shown = true;
+    throw error;
   }
   return response;
 }
@@ -165,8 +167,15 @@ async function sample(seed) {
   state.seed = Number(response.headers.get("x-genserve-seed"));
   const blob = await response.blob();
   const grid = $("grid");
-  if (grid.src) URL.revokeObjectURL(grid.src);
-  grid.src = URL.createObjectURL(blob);
+  // Decode the new grid before it replaces the old one: a swapped-in image that is still
+  // loading has no height, and the page below it would jump up and back under a pointer.
+  const url = URL.createObjectURL(blob);
+  const next = new Image();
+  next.src = url;
+  await next.decode();
+  const old = grid.src;
+  grid.src = url;
+  if (old) URL.revokeObjectURL(old);
   grid.alt = `${body.n} samples of ${m.name}` + (labels !== undefined ? ` with labels ${labels}` : "");
   grid.hidden = false;
   grid.dataset.seed = String(state.seed);
@@ -272,6 +281,9 @@ function onPointer(event) {
   if (event.type === "pointerdown") {
     state.painting = true;
     state.last = null;
+    // preventDefault below suppresses the mouse events whose default action focuses the
+    // canvas; focus it here, so the arrow keys and Space draw after a click too.
+    $("canvas").focus();
     $("canvas").setPointerCapture(event.pointerId);
   }
   if (!state.painting) return;
@@ -514,8 +526,12 @@ function guard(fn) {
     pending += 1;
     document.body.setAttribute("aria-busy", "true");
     fn(event)
-      .catch(() => {
-        /* shown in the error box */
+      .catch((error) => {
+        // API errors are in the error box already; anything else (a network failure, a
+        // bug in the page) would otherwise vanish, leaving a page that seems to do nothing.
+        if (error && error.shown) return;
+        console.error(error);
+        showError({ title: "The page failed", detail: String(error) });
       })
       .finally(() => {
         pending -= 1;
