@@ -212,17 +212,20 @@ class CalibrationRecord(StrictModel):
 
 
 class SamplingRecord(StrictModel):
-    """The temperature a request without one samples at, and how it was chosen.
+    """The sampler settings a request without them gets, and how they were chosen.
 
-    Reduced-temperature sampling (Glow's T < 1) trades diversity for fidelity; the build
-    picks the grid value whose samples lie closest to the validation split, so the default
-    is a held-out choice, not a hand-tuned one.
+    Reduced-temperature sampling (Glow's T < 1) and classifier-free guidance trade
+    diversity for fidelity, and a diffusion sampler's steps trade time for quality; the
+    build picks the grid values whose samples lie closest to the validation split, so the
+    defaults are held-out choices, not hand-tuned ones.
     """
 
-    default_temperature: float = Field(gt=0.0, le=10.0)
-    selected_by: str = Field(description="How the default was chosen.")
+    default_temperature: float = Field(1.0, gt=0.0, le=10.0)
+    default_steps: int | None = Field(None, ge=1, description="Diffusion: the sampler's steps.")
+    default_guidance: float | None = Field(None, ge=0.0, description="Diffusion: the guidance weight.")
+    selected_by: str = Field(description="How the defaults were chosen.")
     validation_fid: dict[str, float] = Field(
-        default_factory=dict, description="Candidate temperature -> Fréchet distance to the validation split."
+        default_factory=dict, description="Candidate setting -> Fréchet distance to the validation split."
     )
 
 

@@ -20,7 +20,7 @@ import torch
 from rich.console import Console
 
 import service
-from service.engine import build_engine, inline_caller, noise_rng
+from service.engine import SamplerOptions, build_engine, inline_caller, noise_rng
 from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest, VectorSpec
 from service.resources import available_cores
 from service.runtime import open_backend
@@ -35,7 +35,7 @@ from .export import export_graphs
 from .families import GenerativeModel, check_family, default_config
 from .outlier_calibration import calibrate
 from .pipeline import data_for, gan_validator
-from .quality import Sampler
+from .quality import Sampler, SamplingChoice
 from .runtime import configure_threads
 from .train import default_train_config, train_run, training_key
 
@@ -203,20 +203,23 @@ def publish_model(
         engine = build_engine(provisional, inline_caller(backend))
 
         def served_samples(
-            n: int, labels: torch.Tensor | None, seed: int, temperature: float
+            n: int, labels: torch.Tensor | None, seed: int, choice: SamplingChoice
         ) -> torch.Tensor:
             lab = None if labels is None else labels.numpy().astype(np.int64)
-            rng = noise_rng(seed)
-            return torch.from_numpy(asyncio.run(engine.sample(n, lab, rng, temperature)))
+            options = SamplerOptions(steps=choice.steps, guidance=choice.guidance)
+            drawn = engine.sample(n, lab, noise_rng(seed), choice.temperature, options=options)
+            return torch.from_numpy(asyncio.run(drawn))
 
         step("evaluating on the test split (likelihood, baselines, sample quality)")
         scores = evaluate(served_samples)
         fields["evaluation"] = scores.model_dump()
-        if scores.temperature_validation_fid is not None:
+        if scores.sampling_validation_fid is not None:
             fields["sampling"] = {
                 "default_temperature": scores.sample_temperature,
-                "selected_by": "lowest Fréchet distance to the validation split in the judge's feature space",
-                "validation_fid": scores.temperature_validation_fid,
+                "default_steps": scores.sample_steps,
+                "default_guidance": scores.sample_guidance,
+                "selected_by": scores.sampling_selected_by,
+                "validation_fid": scores.sampling_validation_fid,
             }
         if engine.can_score:
             step("calibrating outlier scores on the calibration split")

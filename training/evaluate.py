@@ -21,11 +21,11 @@ from .classifier import Classifier
 from .data import ImageDataset, Splits
 from .families import GenerativeModel
 from .quality import (
-    LATENT_TEMPERATURE_FAMILIES,
+    SELECTORS,
     Sampler,
+    SamplingChoice,
     frechet_distance,
     sample_quality,
-    select_temperature,
 )
 
 
@@ -44,7 +44,9 @@ class EvalSettings:
     )
     quality_per_class: int = 100
     classifier_epochs: int = 60
-    select_temperature: bool = True  # pick flow/VAE/GAN sampling temperatures on validation FID
+    # Pick the sampling defaults on validation FID: flow/VAE/GAN temperatures, diffusion
+    # guidance and steps (training/quality.py SELECTORS).
+    select_sampling: bool = True
     baseline_draws: int = 512  # dequantization draws for the GMM and KDE baselines
     # Fewer PixelCNN samples for the eager sampler (one full network pass per pixel); None =
     # the same. Publishing samples through the served graphs, whose step graphs make a
@@ -87,10 +89,13 @@ class ModelScores(BaseModel):
     posterior_accuracy: float | None = None
     label_accuracy: float | None = None
     fid: float | None = None
-    # Sample quality above is at the model's default temperature, chosen on validation;
-    # the same figures at temperature 1 sit beside it when the two differ.
+    # Sample quality above is at the model's default sampling settings, chosen on
+    # validation; the same figures at temperature 1 sit beside it when the two differ.
     sample_temperature: float = 1.0
-    temperature_validation_fid: dict[str, float] | None = None
+    sample_steps: int | None = None  # diffusion: the default sampler's steps and guidance
+    sample_guidance: float | None = None
+    sampling_validation_fid: dict[str, float] | None = None  # candidate -> distance
+    sampling_selected_by: str | None = None
     label_accuracy_t1: float | None = None
     fid_t1: float | None = None
     quality_samples: int | None = None  # samples behind label accuracy and FID
@@ -187,8 +192,11 @@ def score_model(
         slow = sampler is None  # the eager full-pass sampler
         if model.family == "pixelcnn" and settings.pixelcnn_quality_per_class is not None and slow:
             per_class = settings.pixelcnn_quality_per_class
-        if model.family in LATENT_TEMPERATURE_FAMILIES and settings.select_temperature:
-            scores.sample_temperature, scores.temperature_validation_fid = select_temperature(
+        choice = SamplingChoice()
+        selector = SELECTORS.get(model.family)
+        selection = None
+        if selector is not None and settings.select_sampling:
+            selection = selector(
                 model,
                 classifier,
                 torch.as_tensor(data.x[splits.validation]),
@@ -196,20 +204,27 @@ def score_model(
                 seed=seed + 777,
                 sampler=sampler,
             )
+        if selection is not None:
+            choice = selection.choice
+            scores.sampling_validation_fid = selection.validation_fid
+            scores.sampling_selected_by = selection.selected_by
+        scores.sample_temperature, scores.sample_steps, scores.sample_guidance = (
+            choice.temperature,
+            choice.steps,
+            choice.guidance,
+        )
 
-        def quality(t: float) -> dict[str, float]:
-            return sample_quality(
-                model, classifier, real, per_class, seed=seed, temperature=t, sampler=sampler
-            )
+        def quality(c: SamplingChoice) -> dict[str, float]:
+            return sample_quality(model, classifier, real, per_class, seed=seed, choice=c, sampler=sampler)
 
-        q = quality(scores.sample_temperature)
+        q = quality(choice)
         scores.fid, scores.label_accuracy, scores.quality_samples = (
             q["fid"],
             q.get("label_accuracy"),
             int(q["samples"]),
         )
-        if scores.sample_temperature != 1.0:
-            q1 = quality(1.0)
+        if choice.temperature != 1.0:
+            q1 = quality(SamplingChoice())
             scores.fid_t1, scores.label_accuracy_t1 = q1["fid"], q1.get("label_accuracy")
     return scores
 
@@ -259,7 +274,7 @@ def render_report(report: EvaluationReport, console: Console | None = None) -> N
         "bpd marginal",
         "p(y|x) acc",
         "samples",
-        "T",
+        "sampling",
         "label acc",
         "FID",
     )
@@ -275,7 +290,7 @@ def render_report(report: EvaluationReport, console: Console | None = None) -> N
             fmt(m.test_bpd_marginal),
             fmt(m.posterior_accuracy),
             "—" if m.quality_samples is None else str(m.quality_samples),
-            f"{m.sample_temperature:g}",
+            SamplingChoice(m.sample_temperature, m.sample_steps, m.sample_guidance).key(),
             fmt(m.label_accuracy),
             fmt(m.fid, ".2f"),
             fmt(m.label_accuracy_t1),

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -34,8 +35,31 @@ def balanced_labels(n_classes: int, per_class: int) -> Tensor:
     return torch.arange(n_classes).repeat_interleave(per_class)
 
 
-Sampler = Callable[[int, Tensor | None, int, float], Tensor]
-"""(n, labels [n] or None, seed, temperature) -> integer samples [n, C, H, W]; e.g. the served graphs."""
+@dataclass(frozen=True)
+class SamplingChoice:
+    """A sampler setting that a request may leave out, so the build picks its default:
+    the temperature, and for a diffusion model the steps and the guidance weight."""
+
+    temperature: float = 1.0
+    steps: int | None = None
+    guidance: float | None = None
+
+    def key(self) -> str:
+        """How reports name it: "0.9", or "steps 25, guidance 1" for a diffusion model."""
+        if self.steps is None and self.guidance is None:
+            return f"{self.temperature:g}"
+        parts = [] if self.temperature == 1.0 else [f"temperature {self.temperature:g}"]
+        if self.steps is not None:
+            parts.append(f"steps {self.steps}")
+        if self.guidance is not None:
+            parts.append(f"guidance {self.guidance:g}")
+        return ", ".join(parts)
+
+
+DEFAULT_CHOICE = SamplingChoice()
+
+Sampler = Callable[[int, Tensor | None, int, SamplingChoice], Tensor]
+"""(n, labels [n] or None, seed, choice) -> integer samples [n, C, H, W]; e.g. the served graphs."""
 
 # Families whose sampler scales Gaussian latent noise, where a temperature below 1 is the
 # usual fidelity/diversity knob (Glow; the truncation trick in GANs). PixelCNN's softmax
@@ -44,6 +68,18 @@ Sampler = Callable[[int, Tensor | None, int, float], Tensor]
 LATENT_TEMPERATURE_FAMILIES = ("flow", "vae", "gan")
 TEMPERATURE_GRID = (1.0, 0.95, 0.9, 0.85, 0.8)
 
+# Diffusion: classifier-free guidance trades diversity for fidelity like a temperature;
+# its weight is chosen at a fixed step count, then the fewest steps whose samples are
+# within STEPS_TOLERANCE of the best step count's Fréchet distance (more steps cost
+# proportionally more, and past a few tens the deterministic sampler barely changes).
+GUIDANCE_GRID = (0.0, 0.5, 1.0, 2.0)
+GUIDANCE_STEPS = 25
+STEPS_GRID = (10, 25, 50, 100)
+STEPS_TOLERANCE = 1.05
+# Samples per class for the diffusion choice: each candidate is a whole sampling run of
+# up to 100 denoiser passes (two with guidance), so the grid uses half the report's count.
+DIFFUSION_SELECTION_PER_CLASS = 50
+
 
 @torch.no_grad()
 def draw_samples(
@@ -51,14 +87,14 @@ def draw_samples(
     labels: Tensor | None,
     n: int,
     seed: int,
-    temperature: float = 1.0,
+    choice: SamplingChoice = DEFAULT_CHOICE,
     batch: int = 500,
     sampler: Sampler | None = None,
 ) -> Tensor:
     """`n` samples (with `labels` [n] for a conditional model), in batches, seeded.
 
     With a `sampler` (for example the exported graphs behind the service's engine) the
-    samples come from it instead of the eager model.
+    samples come from it instead of the eager model, which knows only the temperature.
     """
     if sampler is not None:
         return torch.cat(
@@ -67,11 +103,13 @@ def draw_samples(
                     min(batch, n - start),
                     None if labels is None else labels[start : start + batch],
                     seed + start,
-                    temperature,
+                    choice,
                 )
                 for start in range(0, n, batch)
             ]
         )
+    if choice.steps is not None or choice.guidance is not None:
+        raise ValueError("steps and guidance are the served sampler's settings: pass a sampler")
     model.eval()
     device = next(model.parameters()).device
     gen = torch.Generator().manual_seed(seed)
@@ -79,7 +117,7 @@ def draw_samples(
     for start in range(0, n, batch):
         m = min(batch, n - start)
         y = None if labels is None else labels[start : start + m].to(device)
-        out.append(model.sample(m, y, gen, temperature).cpu())
+        out.append(model.sample(m, y, gen, choice.temperature).cpu())
     return torch.cat(out)
 
 
@@ -90,17 +128,17 @@ def sample_quality(
     per_class: int = 100,
     n_unconditional: int = 1000,
     seed: int = 1234,
-    temperature: float = 1.0,
+    choice: SamplingChoice = DEFAULT_CHOICE,
     sampler: Sampler | None = None,
 ) -> dict[str, float]:
     """Accuracy of the classifier on conditional samples (the requested label) and the
     Fréchet distance between real and generated images in the classifier's feature space."""
     if model.conditional:
         labels = balanced_labels(model.num_classes, per_class)
-        samples = draw_samples(model, labels, len(labels), seed, temperature, sampler=sampler)
+        samples = draw_samples(model, labels, len(labels), seed, choice, sampler=sampler)
     else:
         labels = None
-        samples = draw_samples(model, None, n_unconditional, seed, temperature, sampler=sampler)
+        samples = draw_samples(model, None, n_unconditional, seed, choice, sampler=sampler)
     device = next(classifier.parameters()).device
     feats_fake = classifier.embed(samples.to(device))
     feats_real = classifier.embed(real.to(device))
@@ -111,30 +149,121 @@ def sample_quality(
     return result
 
 
-def select_temperature(
+def validation_distances(
     model: GenerativeModel,
     classifier: Classifier,
     validation: Tensor,
-    grid: tuple[float, ...] = TEMPERATURE_GRID,
+    choices: Sequence[SamplingChoice],
     per_class: int = 100,
     n_unconditional: int = 1000,
     seed: int = 777,
     sampler: Sampler | None = None,
-) -> tuple[float, dict[str, float]]:
-    """The grid temperature whose samples lie closest to the validation images.
+) -> dict[SamplingChoice, float]:
+    """The Fréchet distance to the validation images of each choice's samples.
 
-    Closeness is the Fréchet distance in the judge's feature space, so the choice uses
-    held-out data and never the test split. Every temperature scales the same noise
-    (common random numbers), so the comparison is not swamped by sampling noise.
-    Returns (temperature, {temperature: distance}).
+    Every choice transforms the same noise (common random numbers: the same seed), so the
+    comparison is not swamped by sampling noise. Only held-out data is used, never the
+    test split.
     """
     device = next(classifier.parameters()).device
     feats_real = classifier.embed(validation.to(device))
     labels = balanced_labels(model.num_classes, per_class) if model.conditional else None
     n = n_unconditional if labels is None else len(labels)
-    distances: dict[str, float] = {}
-    for t in grid:
-        samples = draw_samples(model, labels, n, seed, t, sampler=sampler)
-        distances[f"{t:g}"] = frechet_distance(feats_real, classifier.embed(samples.to(device)))
-    best = min(grid, key=lambda t: distances[f"{t:g}"])
-    return best, distances
+    distances: dict[SamplingChoice, float] = {}
+    for choice in choices:
+        samples = draw_samples(model, labels, n, seed, choice, sampler=sampler)
+        distances[choice] = frechet_distance(feats_real, classifier.embed(samples.to(device)))
+    return distances
+
+
+@dataclass
+class SamplingSelection:
+    """The default a request without the setting gets, the candidates' validation
+    distances (by `SamplingChoice.key`), and the rule that chose."""
+
+    choice: SamplingChoice
+    validation_fid: dict[str, float]
+    selected_by: str
+
+
+def select_temperature(
+    model: GenerativeModel,
+    classifier: Classifier,
+    validation: Tensor,
+    per_class: int = 100,
+    seed: int = 777,
+    sampler: Sampler | None = None,
+    grid: tuple[float, ...] = TEMPERATURE_GRID,
+) -> SamplingSelection:
+    """The grid temperature whose samples lie closest to the validation images."""
+    distances = validation_distances(
+        model,
+        classifier,
+        validation,
+        [SamplingChoice(t) for t in grid],
+        per_class,
+        seed=seed,
+        sampler=sampler,
+    )
+    best = min(distances, key=distances.__getitem__)
+    return SamplingSelection(
+        best,
+        {c.key(): d for c, d in distances.items()},
+        "lowest Fréchet distance to the validation split in the judge's feature space",
+    )
+
+
+def select_diffusion_sampling(
+    model: GenerativeModel,
+    classifier: Classifier,
+    validation: Tensor,
+    per_class: int = 100,
+    seed: int = 777,
+    sampler: Sampler | None = None,
+) -> SamplingSelection | None:
+    """Guidance, then steps, of the served deterministic sampler, on validation data.
+
+    The guidance weight with the lowest Fréchet distance at GUIDANCE_STEPS steps (none for
+    an unconditional model); then, at that weight, the fewest steps whose distance is
+    within STEPS_TOLERANCE of the best step count's. None without the served `sampler`
+    (the eager model samples with its config's defaults).
+    """
+    if sampler is None:
+        return None
+    per_class = min(per_class, DIFFUSION_SELECTION_PER_CLASS)
+    grid = GUIDANCE_GRID if model.conditional else (0.0,)
+    by_guidance = validation_distances(
+        model,
+        classifier,
+        validation,
+        [SamplingChoice(steps=GUIDANCE_STEPS, guidance=g) for g in grid],
+        per_class,
+        seed=seed,
+        sampler=sampler,
+    )
+    guidance = min(by_guidance, key=by_guidance.__getitem__).guidance
+    more = [SamplingChoice(steps=s, guidance=guidance) for s in STEPS_GRID if s != GUIDANCE_STEPS]
+    by_steps = {
+        **{c: d for c, d in by_guidance.items() if c.guidance == guidance},
+        **validation_distances(model, classifier, validation, more, per_class, seed=seed, sampler=sampler),
+    }
+    best = min(by_steps.values())
+    near = best + (STEPS_TOLERANCE - 1.0) * max(best, 0.0)  # a distance may round below 0
+    fewest = min((c for c, d in by_steps.items() if d <= near), key=lambda c: c.steps or 0)
+    distances = {**by_guidance, **by_steps}
+    return SamplingSelection(
+        fewest,
+        {c.key(): d for c, d in distances.items()},
+        f"guidance: lowest Fréchet distance to the validation split (judge's features) at "
+        f"{GUIDANCE_STEPS} steps; steps: the fewest within {STEPS_TOLERANCE:g}x of the best "
+        f"of {list(STEPS_GRID)} at that guidance",
+    )
+
+
+Selector = Callable[..., SamplingSelection | None]
+
+# The families whose sampling default the build chooses on validation data, and how.
+SELECTORS: dict[str, Selector] = {
+    **dict.fromkeys(LATENT_TEMPERATURE_FAMILIES, select_temperature),
+    "diffusion": select_diffusion_sampling,
+}

@@ -136,16 +136,17 @@ async def get_model(
         "estimator": str(m.family_info.get("estimator", "")),
         "default_samples": int(m.family_info.get("default_samples", 0) or 0),
         "sampling": {
+            # An iterative sampler's configured defaults (diffusion: steps, sampler,
+            # guidance), which the build's choice on validation data replaces.
+            **{k: v for k, v in m.family_info.items() if k in SAMPLER_DEFAULTS},
             **(
-                m.sampling.model_dump()
+                m.sampling.model_dump(exclude_none=True)
                 if m.sampling is not None
                 else {
                     "default_temperature": m.default_temperature,
                     "selected_by": "not recorded (store built before selection)",
                 }
             ),
-            # An iterative sampler's defaults (diffusion: steps, sampler, guidance).
-            **{k: v for k, v in m.family_info.items() if k in SAMPLER_DEFAULTS},
         },
         "limits": {
             **request_limits(request.app.state.settings, m.family, m.dataset.kind),

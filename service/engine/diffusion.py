@@ -50,9 +50,13 @@ class DiffusionEngine(ImageEngine):
         self.gamma_min = float(schedule["gamma_min"])
         self.gamma_max = float(schedule["gamma_max"])
         self.null_label = int(info["null_label"])
-        self.default_steps = int(info["default_steps"])
+        # The build's choice on validation data (manifest `sampling`) overrides the config's.
+        chosen = manifest.sampling
+        steps = chosen.default_steps if chosen and chosen.default_steps else info["default_steps"]
+        guidance = chosen.default_guidance if chosen and chosen.default_guidance is not None else None
+        self.default_steps = int(steps)
         self.default_sampler = str(info.get("default_sampler", "ddim"))
-        self.default_guidance = float(info.get("default_guidance", 0.0))
+        self.default_guidance = float(info.get("default_guidance", 0.0) if guidance is None else guidance)
         self.default_strength = 0.5
         C, H, W = self.shape
         self.dims = C * H * W

@@ -206,8 +206,18 @@ def test_temperature_changes_samples(client: Client) -> None:
 def test_default_temperature_is_the_manifests(client: Client, family: str) -> None:
     detail = client.get(f"/models/{model(family)}").json()["sampling"]
     default = detail["default_temperature"]
-    if family in ("pixelcnn", "diffusion"):
-        assert default == 1.0  # the model's own samples; no grid is tried (diffusion: guidance is)
+    if family == "pixelcnn":
+        assert default == 1.0  # the model's own samples; no grid is tried
+    elif family == "diffusion":
+        # guidance and steps chosen on validation, every candidate's distance recorded
+        assert default == 1.0
+        steps, guidance = detail["default_steps"], detail["default_guidance"]
+        assert steps in (10, 25, 50, 100) and guidance in (0.0, 0.5, 1.0, 2.0)
+        assert f"steps {steps}, guidance {guidance:g}" in detail["validation_fid"]
+        assert {f"steps 25, guidance {g:g}" for g in (0, 0.5, 1, 2)} <= set(detail["validation_fid"])
+        body = {"model": model(family), "n": 2, "labels": 2, "seed": 8}
+        implicit = client.post("/sample", json=body).json()
+        assert (implicit["steps"], implicit["guidance"]) == (steps, guidance)
     else:
         # chosen on validation from the grid, with the distance of every candidate recorded
         assert str(default) in {f"{t:g}" for t in (1.0, 0.95, 0.9, 0.85, 0.8)} or default == 1.0

@@ -15,7 +15,7 @@ import torch
 from service.engine import build_engine, noise_rng
 from service.engine.base import SamplerOptions
 from service.engine.diffusion import DiffusionEngine
-from service.manifest import DatasetSpec, GraphSpec, Manifest
+from service.manifest import DatasetSpec, GraphSpec, Manifest, SamplingRecord
 from training.export import EagerBackend, graph_defs, prepare_for_export
 from training.families.diffusion import DiffusionConfig, DiffusionModel
 
@@ -45,7 +45,9 @@ class Calls:
         return self.backend.run(graph, inputs)
 
 
-def engine_for(model: DiffusionModel) -> tuple[DiffusionEngine, Calls]:
+def engine_for(
+    model: DiffusionModel, sampling: SamplingRecord | None = None
+) -> tuple[DiffusionEngine, Calls]:
     graphs = [
         GraphSpec(name=g.name, description=g.description, inputs=g.inputs, outputs=g.outputs, files={})
         for g in graph_defs(prepare_for_export(model))
@@ -56,6 +58,7 @@ def engine_for(model: DiffusionModel) -> tuple[DiffusionEngine, Calls]:
         conditioning=type("C", (), {"conditional": model.conditional, "class_prior": [1 / 3] * 3})(),
         family_info=model.export_info(),
         graphs=graphs,
+        sampling=sampling,
     )
     calls = Calls(model)
     engine = build_engine(manifest, calls)
@@ -149,3 +152,14 @@ def test_inpainting_keeps_every_known_pixel_and_denoising_follows_the_strength()
     )
     assert (light.arrays["reconstruction"] == x).mean() > 0.9
     assert "SDEdit" in light.description
+
+
+def test_the_builds_choice_on_validation_replaces_the_configs_defaults() -> None:
+    model = random_model(True, guidance=0.0)  # config: 4 steps, no guidance
+    chosen = SamplingRecord(default_steps=7, default_guidance=0.5, selected_by="validation")
+    engine, calls = engine_for(model, chosen)
+    assert engine.sampling_options(SamplerOptions()) == SamplerOptions(steps=7, sampler="ddim", guidance=0.5)
+    asyncio.run(engine.sample(2, np.array([0, 1]), noise_rng(0)))
+    assert len(calls.rows) == 7 and calls.rows[0] == 4  # 7 steps, each with guidance's null pass
+    engine, _ = engine_for(model, SamplingRecord(selected_by="an older store: temperature only"))
+    assert engine.sampling_options(SamplerOptions()).steps == 4

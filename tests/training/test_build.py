@@ -24,7 +24,7 @@ EVAL = EvalSettings(
     marginal_samples={"vae": 2, "flow": 1, "pixelcnn": 1},
     quality_per_class=2,
     classifier_epochs=1,
-    select_temperature=False,
+    select_sampling=False,
     baseline_draws=2,
 )
 
