@@ -100,8 +100,9 @@ class Operations:
         if passes > limit:
             raise InvalidInputError.field(
                 ["steps"],
-                f"asks for {passes} denoiser passes (rows × steps, twice with guidance); "
-                f"at most {limit}: fewer steps or rows",
+                f"asks for {passes} denoiser passes (rows × steps, twice with guidance; an "
+                f"inpainting without labels also completes and scores every row for every "
+                f"class); at most {limit}: fewer steps or rows, or give the labels",
             )
 
     async def score(self, model: LoadedModel, q: ScoreQuery, call: Call) -> ScoreResult:
@@ -181,13 +182,16 @@ class Operations:
         particles = completion_particles(q.particles, mask, pixelcnn_rows) if engine.uses_particles else None
         check_sampler_fields(q.options, engine.reconstruct_fields, model.manifest.family, "reconstruction")
         options = engine.reconstruct_options(q.options, mask is not None)
-        self.check_passes(engine.denoiser_passes(len(x), options))
+        default_samples = int(model.manifest.family_info.get("default_samples", 1) or 1)
+        passes = engine.denoiser_passes(len(x), options)
+        if engine.conditional and labels is None:  # the label is inferred first
+            passes += engine.label_inference_passes(len(x), mask is not None, options, default_samples)
+        self.check_passes(passes)
         # Flow and VAE reconstructions are deterministic: no seed is drawn, and none returned.
         seed = None
         if engine.random_reconstruction:
             seed = q.seed if q.seed is not None else secrets.randbits(63)
         call.stages.done(model.name, model.version.version, "parse")
-        default_samples = int(model.manifest.family_info.get("default_samples", 1) or 1)
 
         async def rebuild() -> ReconstructResult:
             used, probability = labels, None

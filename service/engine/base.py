@@ -192,6 +192,11 @@ class Engine:
         """Network passes per graph row that resolved options cost (the diffusion cap)."""
         return 0
 
+    def label_inference_passes(self, rows: int, masked: bool, options: SamplerOptions, samples: int) -> int:
+        """The passes of label_posterior for a reconstruction asked without labels (the
+        diffusion cap; 0 where it costs no iterative sampling)."""
+        return 0
+
     # --- operations ----------------------------------------------------------------------
     async def sample(
         self,

@@ -23,6 +23,7 @@ from .base import (
     Reconstruction,
     SamplerOptions,
     categorical_from_uniform,
+    log_sum_exp,
     noise_rng,
     row_chunks,
 )
@@ -171,6 +172,11 @@ class DiffusionEngine(ImageEngine):
         guided = 2 if options.guidance else 1
         return rows * (options.steps or 0) * guided
 
+    def label_inference_passes(self, rows: int, masked: bool, options: SamplerOptions, samples: int) -> int:
+        """With a mask, every class completes every row, then scores it at `samples` times."""
+        classes = self.spec.num_classes if masked else 0
+        return rows * classes * ((options.steps or 0) + samples)
+
     async def sample(
         self,
         n: int,
@@ -247,18 +253,31 @@ class DiffusionEngine(ImageEngine):
         """-(prior + reconstruction + diffusion) in nats per row, the diffusion term over
         `samples` stratified times; times and noise are drawn from `seed` and shared by all
         rows (so rows and labels are compared on the same draws)."""
+        return await self.bound(x, labels, samples, seed)
+
+    async def bound(
+        self,
+        x: IntImages,
+        labels: np.ndarray | None,
+        samples: int,
+        seed: int,
+        weights: np.ndarray | None = None,
+    ) -> NDArray[np.float64]:
+        """The variational bound per row; with `weights` [B, C, H, W] (1: counted), only
+        those pixels' terms (every term of the bound is a sum over pixels)."""
         rng = noise_rng(seed)
         offset = rng.random()
         t = np.mod(offset + np.arange(samples) / samples, 1.0)  # [S]
         eps = rng.standard_normal((samples, *self.shape))  # [S, C, H, W]
         eps0 = rng.standard_normal(self.shape)  # [C, H, W], the decoder term's
         xs = self.scaled(x)  # [B, C, H, W]
+        w = np.ones(xs.shape) if weights is None else weights.astype(np.float64)
         flat = (len(x), -1)
         a1, s1 = self.alpha_sigma(1.0)
-        prior = (0.5 * (s1**2 + (a1 * xs) ** 2 - 1.0 - np.log(s1**2))).reshape(flat).sum(axis=1)
+        prior = (w * 0.5 * (s1**2 + (a1 * xs) ** 2 - 1.0 - np.log(s1**2))).reshape(flat).sum(axis=1)
         a0, s0 = self.alpha_sigma(0.0)
         logp = self.level_log_probs(a0 * xs + s0 * eps0)  # [B, C, H, W, K]
-        recon = -np.take_along_axis(logp, x[..., None], axis=-1).reshape(flat).sum(axis=1)
+        recon = -(w * np.take_along_axis(logp, x[..., None], axis=-1)[..., 0]).reshape(flat).sum(axis=1)
         a, sg = (v[:, None, None, None] for v in self.alpha_sigma(t))  # [S, 1, 1, 1]
         y = self.label_input(labels, len(x))
         err = np.empty(len(x))
@@ -270,11 +289,40 @@ class DiffusionEngine(ImageEngine):
             if self.conditional:
                 feeds["y"] = np.repeat(y[part], samples)
             out = (await self.call("denoise", feeds, units=B * samples))["eps"].astype(np.float64)
-            sq = ((out.reshape(B, samples, -1) - eps.reshape(1, samples, -1)) ** 2).sum(axis=2)
-            err[part] = sq.mean(axis=1)
+            sq = (out.reshape(B, samples, -1) - eps.reshape(1, samples, -1)) ** 2  # [B, S, D]
+            err[part] = (sq * w[part].reshape(B, 1, -1)).sum(axis=2).mean(axis=1)
         diffusion = 0.5 * (self.gamma_max - self.gamma_min) * err
         out_ll: NDArray[np.float64] = -(prior + recon + diffusion)
         return out_ll
+
+    async def label_posterior(
+        self,
+        x: IntImages,
+        mask: np.ndarray | None,
+        samples: int,
+        context: np.ndarray | None = None,
+    ) -> NDArray[np.float64]:
+        """log p(y | known pixels) for an inpainting asked without labels.
+
+        The pixels to fill are not evidence: for each class the denoiser sees that class's
+        own completion there (seed 0), and the class's bound sums the known pixels' terms
+        only. An approximation (the known pixels' bound given that fill; docs/results.md
+        compares it with the alternatives tried), but no value of the input under the mask
+        can sway the label."""
+        if mask is None:
+            return await super().label_posterior(x, mask, samples, context)
+        assert self.log_prior is not None
+        keep = mask.astype(np.float64)
+        classes = len(self.log_prior)
+        joint = np.empty((len(x), classes))
+        for part in row_chunks(len(x), classes):
+            rows, labs = self.all_labels(part.stop - part.start)
+            xb, kb = x[part][rows], mask[part][rows]
+            filled = (await self.reconstruct(xb, labs, kb, noise_rng(0))).arrays["reconstruction"]
+            per = await self.bound(filled, labs, samples, 0, keep[part][rows])
+            joint[part] = per.reshape(-1, classes) + self.log_prior[None, :]
+        out: NDArray[np.float64] = joint - log_sum_exp(joint)[:, None]
+        return out
 
     # --- reconstruction -------------------------------------------------------------------
     def reconstruction_outputs(self) -> dict[str, tuple[np.dtype[Any], tuple[int, ...]]]:

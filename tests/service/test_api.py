@@ -839,6 +839,25 @@ def test_max_samples_caps_pixelcnn_too(tiny_store: Path) -> None:
         c.close()
 
 
+def test_the_denoiser_pass_cap_counts_steps_rows_and_an_inferred_label(
+    tiny_store: Path, digits: np.ndarray
+) -> None:
+    c = Client(Settings(model_store=tiny_store, models=["diffusion-digits"], max_denoiser_passes=400))
+    try:
+        body = {"model": "diffusion-digits", "n": 4, "labels": 1, "steps": 100, "guidance": 0.0}
+        assert c.post("/sample", json=body).status_code == 200  # 4 x 100 passes
+        assert_problem(c.post("/sample", json={**body, "guidance": 1.0}), 422, "steps")  # twice that
+        x = digits[:2]
+        mask = np.ones_like(x)
+        mask[..., 4:, :] = 0
+        fill = {"model": "diffusion-digits", "inputs": x.tolist(), "mask": mask.tolist(), "steps": 10}
+        assert c.post("/reconstruct", json={**fill, "labels": [1, 2]}).status_code == 200  # 2 x 10
+        # Without labels every class also completes and scores each row: 2 x 10 x (10 + 16) more.
+        assert_problem(c.post("/reconstruct", json=fill), 422, "steps")
+    finally:
+        c.close()
+
+
 def test_a_client_leaving_mid_upload_is_a_499_not_a_server_error(client: Client) -> None:
     """The body never arrives: a network event, answered (for the logs and metrics) 499."""
     sent: list[dict[str, Any]] = []

@@ -163,3 +163,18 @@ def test_the_builds_choice_on_validation_replaces_the_configs_defaults() -> None
     assert len(calls.rows) == 7 and calls.rows[0] == 4  # 7 steps, each with guidance's null pass
     engine, _ = engine_for(model, SamplingRecord(selected_by="an older store: temperature only"))
     assert engine.sampling_options(SamplerOptions()).steps == 4
+
+
+def test_an_inpaintings_inferred_label_weighs_the_known_pixels_alone() -> None:
+    model = random_model(True)
+    engine, _ = engine_for(model)
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, SPEC.levels, (3, *SPEC.shape))
+    mask = np.ones_like(x, dtype=bool)
+    mask[..., 2:, :] = False  # the bottom half to fill
+    other = np.where(mask, x, rng.integers(0, SPEC.levels, x.shape))  # differs under the mask only
+    post = asyncio.run(engine.label_posterior(x, mask, 4))
+    assert np.allclose(np.exp(post).sum(axis=1), 1.0)
+    assert np.array_equal(post, asyncio.run(engine.label_posterior(other, mask, 4)))
+    whole = asyncio.run(engine.label_posterior(x, None, 4))  # no mask: the whole input is evidence
+    assert not np.allclose(post, whole)
