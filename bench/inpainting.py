@@ -33,25 +33,42 @@ from training.classifier import load_or_train_classifier
 from training.data import load_dataset, make_splits
 
 # Rows per request: within the PixelCNN's completion cap (rows x particles; the top half
-# known needs no particles) and the diffusion model's denoiser-pass cap at 250 steps.
+# known needs no particles); fewer for a diffusion model where its denoiser-pass cap says.
 CHUNK = 64
 
 
+def rows_per_request(detail: dict[str, Any], steps: int | None) -> int:
+    """As many rows as the model's caps admit, up to CHUNK: a diffusion inpainting without
+    labels costs rows x (steps + classes x (steps + time samples)) denoiser passes."""
+    cap = detail["limits"].get("max_denoiser_passes")
+    if cap is None:
+        return CHUNK
+    steps = steps or int(detail["sampling"]["default_steps"])
+    per_row = steps + len(detail["labels"]) * (steps + int(detail["default_samples"]))
+    return max(1, min(CHUNK, cap // per_row))
+
+
 def completions(
-    client: TestClient, model: str, x: np.ndarray, mask: np.ndarray, labels: np.ndarray | None, **extra: Any
+    client: TestClient,
+    model: str,
+    x: np.ndarray,
+    mask: np.ndarray,
+    labels: np.ndarray | None,
+    chunk: int,
+    **extra: Any,
 ) -> np.ndarray:
     """The /reconstruct answers for every row, in chunks, as integer images."""
     out = []
-    for a in range(0, len(x), CHUNK):
+    for a in range(0, len(x), chunk):
         body: dict[str, Any] = {
             "model": model,
-            "inputs": x[a : a + CHUNK].tolist(),
-            "mask": mask[a : a + CHUNK].astype(int).tolist(),
+            "inputs": x[a : a + chunk].tolist(),
+            "mask": mask[a : a + chunk].astype(int).tolist(),
             "format": "npz",
             **extra,
         }
         if labels is not None:
-            body["labels"] = labels[a : a + CHUNK].tolist()
+            body["labels"] = labels[a : a + chunk].tolist()
         r = client.post("/reconstruct", json=body)
         if r.status_code != 200:
             raise SystemExit(f"{model}: {r.status_code} {r.text}")
@@ -91,14 +108,16 @@ def main() -> None:
     settings = Settings(model_store=args.store, models=models)
     with TestClient(create_app(settings)) as client:
         for model in models:
-            family = client.get(f"/models/{model}").json()["family"]
-            steps = args.diffusion_steps.split(",") if family == "diffusion" else ["default"]
+            detail = client.get(f"/models/{model}").json()
+            steps = args.diffusion_steps.split(",") if detail["family"] == "diffusion" else ["default"]
             for step in steps:
                 extra = {} if step == "default" else {"steps": int(step)}
+                chunk = rows_per_request(detail, extra.get("steps"))
                 for given in (False, True):
                     accuracies, kept, start = [], True, time.perf_counter()
                     for seed in range(args.seeds):
-                        done = completions(client, model, x, mask, y if given else None, seed=seed, **extra)
+                        labels = y if given else None
+                        done = completions(client, model, x, mask, labels, chunk, seed=seed, **extra)
                         kept &= bool((done[mask == 1] == x[mask == 1]).all())
                         with torch.no_grad():
                             pred = judge.predict(torch.as_tensor(done)).numpy()
