@@ -81,7 +81,8 @@ def main() -> None:
     p.add_argument("--store", type=Path, default=Path("model_store"))
     p.add_argument("--checkpoints", type=Path, default=Path("checkpoints"))
     p.add_argument("--models", default="pixelcnn-digits,diffusion-digits")
-    p.add_argument("--rows", type=int, default=0, help="test images (0: the whole test split)")
+    p.add_argument("--rows", type=int, default=0, help="images (0: the whole split)")
+    p.add_argument("--split", choices=("test", "validation"), default="test")
     p.add_argument("--seeds", type=int, default=2)
     p.add_argument("--diffusion-steps", default="default,100,250")
     p.add_argument("--out", type=Path)
@@ -92,7 +93,8 @@ def main() -> None:
     data = load_dataset(manifest.split.dataset)
     assert data.y is not None
     splits = make_splits(data.y, len(data), seed=manifest.split.seed)
-    test = splits.test if args.rows == 0 else splits.test[: args.rows]
+    chosen = getattr(splits, args.split)
+    test = chosen if args.rows == 0 else chosen[: args.rows]
     x, y = data.x[test].astype(np.int64), data.y[test].astype(np.int64)
     H = x.shape[-2]
     mask = np.ones_like(x)
@@ -101,7 +103,7 @@ def main() -> None:
     with torch.no_grad():
         upper = float((judge.predict(torch.as_tensor(x * mask)) == torch.as_tensor(y)).float().mean())
         whole = float((judge.predict(torch.as_tensor(x)) == torch.as_tensor(y)).float().mean())
-    print(f"{len(x)} test digits; judge on the top half alone {upper:.3f}, on the whole digit {whole:.3f}")
+    print(f"{len(x)} {args.split} digits; judge on the top half alone {upper:.3f}, whole {whole:.3f}")
     print("| model | setting | labels | judge names the true label (per seed) | known pixels kept | s |")
     print("|---|---|---|---|---|---|")
     rows: list[dict[str, Any]] = []
@@ -141,7 +143,14 @@ def main() -> None:
     if args.out:
         args.out.write_text(
             json.dumps(
-                {"test_rows": len(x), "judge_top_half": upper, "judge_whole": whole, "rows": rows}, indent=1
+                {
+                    "split": args.split,
+                    "images": len(x),
+                    "judge_top_half": upper,
+                    "judge_whole": whole,
+                    "rows": rows,
+                },
+                indent=1,
             )
         )
 
