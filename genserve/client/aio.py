@@ -43,14 +43,7 @@ class AsyncClient:
         binary_above: int | None = None,
         transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        defaults = Settings()
-        self.settings = Settings(
-            url=url,
-            token=token,
-            timeout=timeout,
-            retry=retry or defaults.retry,
-            binary_above=defaults.binary_above if binary_above is None else binary_above,
-        )
+        self.settings = Settings.of(url, token, timeout, retry, binary_above)
         self._http = httpx.AsyncClient(base_url=url, headers=self.settings.headers(), transport=transport)
 
     async def aclose(self) -> None:

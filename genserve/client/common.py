@@ -50,6 +50,24 @@ class Settings:
         """Headers of every request."""
         return {"authorization": f"Bearer {self.token}"} if self.token else {}
 
+    @classmethod
+    def of(
+        cls,
+        url: str,
+        token: str | None,
+        timeout: float | None,
+        retry: RetryPolicy | None,
+        binary_above: int | None,
+    ) -> Settings:
+        """A client constructor's arguments, None meaning the default (both clients')."""
+        return cls(
+            url=url,
+            token=token,
+            timeout=timeout,
+            retry=retry or RetryPolicy(),
+            binary_above=BINARY_ABOVE if binary_above is None else binary_above,
+        )
+
 
 def transport_timeout(settings: Settings, remaining: float | None) -> float:
     """How long one try may take on the wire (the server's default deadline is 120 s)."""

@@ -53,14 +53,7 @@ class Client:
         binary_above: int | None = None,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
-        defaults = Settings()
-        self.settings = Settings(
-            url=url,
-            token=token,
-            timeout=timeout,
-            retry=retry or defaults.retry,
-            binary_above=defaults.binary_above if binary_above is None else binary_above,
-        )
+        self.settings = Settings.of(url, token, timeout, retry, binary_above)
         self._http = httpx.Client(base_url=url, headers=self.settings.headers(), transport=transport)
 
     # --- lifecycle ------------------------------------------------------------------------
