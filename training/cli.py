@@ -155,7 +155,7 @@ def build_store_cmd(
     store: StoreOption = None,
     checkpoints: Annotated[Path, typer.Option(help="Checkpoint cache.")] = DEFAULT_CHECKPOINTS,
     dataset: Annotated[str, typer.Option()] = "digits",
-    family: Annotated[list[str] | None, typer.Option(help="Families to build (default: all four).")] = None,
+    family: Annotated[list[str] | None, typer.Option(help="Families to build (default: all five).")] = None,
     conditional: Annotated[bool, typer.Option("--conditional/--unconditional")] = True,
     seed: Annotated[int, typer.Option()] = 0,
     force: Annotated[
@@ -169,7 +169,7 @@ def build_store_cmd(
     suite: Annotated[
         str,
         typer.Option(
-            help="digits: the four image families (on --dataset); sbi: NPE posteriors of sbibm's "
+            help="digits: the five image families (on --dataset); sbi: NPE posteriors of sbibm's "
             "two_moons, slcp, gaussian_linear, gaussian_mixture at 10,000 simulations; tabular: "
             "an outlier model of breast_cancer's benign records."
         ),
