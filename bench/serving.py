@@ -1,16 +1,21 @@
 """Serving benchmark: genserve vs the in-process limit vs a naive hand-written server.
 
     python -m bench.serving [--store model_store] [--duration 6] [--out bench/results/cpu.json]
+    python -m bench.serving --dataset mnist5k --store STORE --rows 1000 --sample-n 16 --out ...
 
 Starts genserve and the naive server (bench/naive_server.py) as real processes on
 loopback and drives them with bench/httpload.py (a separate process) for bounded time at
 concurrency 1, 4, 16, 64. In the same run it measures the limit: the same graphs called
 in-process through the same runtime and thread settings, at the batch sizes the server
-forms. Workloads on the default digits models:
-  W1 bulk scoring: one /log-likelihood request of 10,000 rows, JSON and application/x-npy;
+forms. Workloads on the models `<family>-<dataset>` (default: the digits zoo):
+  W1 bulk scoring: one /log-likelihood request of 10,000 rows (--rows), JSON and
+     application/x-npy;
   W2 single-row /log-likelihood;
-  W3 /sample n=64 for each family;
-  W4 PixelCNN /sample from 8 concurrent clients with n=8 each, vs one n=64 request.
+  W3 /sample n=64 (--sample-n) for each family;
+  W4 PixelCNN /sample from 8 concurrent clients with n/8 each, vs one request of n.
+On images larger than 16×16 the naive server does not sample from the PixelCNN (its
+sampler is 784 sequential full passes, minutes per request) and the PixelCNN's sampling
+stops at concurrency 4.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import sys
 import tempfile
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -41,9 +47,43 @@ from service.runtime import load_backend
 from service.store import ModelStore
 from training.data import load_dataset
 
-LIKELIHOOD = ("pixelcnn-digits", "vae-digits", "flow-digits")
-SAMPLERS = ("gan-digits", "vae-digits", "flow-digits", "pixelcnn-digits")
+LIKELIHOOD_FAMILIES = ("pixelcnn", "vae", "flow")
+SAMPLER_FAMILIES = ("gan", "vae", "flow", "pixelcnn")
+LIKELIHOOD = tuple(f"{f}-digits" for f in LIKELIHOOD_FAMILIES)
+SAMPLERS = tuple(f"{f}-digits" for f in SAMPLER_FAMILIES)
 CONCURRENCY = (1, 4, 16, 64)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What one run measures: the models of one dataset and the request sizes."""
+
+    dataset: str
+    shape: tuple[int, int]  # H, W of the dataset's one-channel images
+    rows: int = 10_000  # W1's request
+    sample_n: int = 64  # W3's request, W4's one request
+
+    @property
+    def likelihood(self) -> tuple[str, ...]:
+        return tuple(f"{f}-{self.dataset}" for f in LIKELIHOOD_FAMILIES)
+
+    @property
+    def samplers(self) -> tuple[str, ...]:
+        return tuple(f"{f}-{self.dataset}" for f in SAMPLER_FAMILIES)
+
+    @property
+    def large(self) -> bool:
+        return self.shape[0] * self.shape[1] > 256
+
+    def sample_concurrency(self, name: str) -> tuple[int, ...]:
+        """A PixelCNN request is a loop of sequential passes: 64 concurrent loops exceed a
+        bounded run here, and on large images so do 16."""
+        if not name.startswith("pixelcnn"):
+            return CONCURRENCY
+        return tuple(c for c in CONCURRENCY if c <= (4 if self.large else 16))
+
+    def naive_samples(self, name: str) -> bool:
+        return not (self.large and name.startswith("pixelcnn"))
 
 
 def free_port() -> int:
@@ -202,27 +242,37 @@ def main() -> None:
     p.add_argument("--duration", type=float, default=6.0, help="seconds per measurement")
     p.add_argument("--out", type=Path, default=Path("bench/results/cpu.json"))
     p.add_argument("--skip", default="", help="comma-separated workloads to skip (W1,W2,W3,W4)")
+    p.add_argument("--dataset", default="digits", help="the models <family>-<dataset> and their data")
+    p.add_argument("--rows", type=int, default=10_000, help="rows of W1's request")
+    p.add_argument("--sample-n", type=int, default=64, help="samples per W3 request (a multiple of 8)")
     a = p.parse_args()
     skip = set(a.skip.split(",")) - {""}
     store = ModelStore(a.store)
-    missing = [n for n in SAMPLERS if n not in store.names()]
+    data = load_dataset(a.dataset)
+    x_all = data.x[:, 0]  # [N, H, W]
+    plan = Plan(a.dataset, (x_all.shape[1], x_all.shape[2]), a.rows, a.sample_n)
+    missing = [n for n in (*plan.samplers, *plan.likelihood) if n not in store.names()]
     if missing:
         raise SystemExit(f"models missing from {a.store}: {missing}; run `make build-store` first")
-    digits = load_dataset("digits")
-    x_all = digits.x[:, 0]  # [1797, 8, 8]
-    results: dict[str, Any] = {"machine": machine(), "duration_s": a.duration}
+    results: dict[str, Any] = {
+        "machine": machine(),
+        "duration_s": a.duration,
+        "dataset": plan.dataset,
+        "rows": plan.rows,
+        "sample_n": plan.sample_n,
+    }
     limit = Limit(store)
     genserve = Server("service.app:create_app", a.store)
     naive = Server("bench.naive_server:create_app", a.store)
     try:
         if "W1" not in skip:
-            results["W1"] = bulk(genserve, limit, x_all, a.duration)
+            results["W1"] = bulk(genserve, limit, x_all, a.duration, plan)
         if "W2" not in skip:
-            results["W2"] = single_row(genserve, naive, limit, x_all, a.duration)
+            results["W2"] = single_row(genserve, naive, limit, x_all, a.duration, plan)
         if "W3" not in skip:
-            results["W3"] = sampling(genserve, naive, limit, a.duration)
+            results["W3"] = sampling(genserve, naive, limit, a.duration, plan)
         if "W4" not in skip:
-            results["W4"] = pixelcnn_fanin(genserve)
+            results["W4"] = pixelcnn_fanin(genserve, plan)
     finally:
         genserve.stop()
         naive.stop()
@@ -232,12 +282,12 @@ def main() -> None:
     print(f"\nresults written to {a.out}")
 
 
-def bulk(server: Server, limit: Limit, x_all: np.ndarray, duration: float) -> dict[str, Any]:
-    """W1: one 10,000-row request (labels=3 for all rows), JSON and npy, vs the limit."""
-    rows = 10_000
-    x = np.resize(x_all, (rows, 8, 8))
+def bulk(server: Server, limit: Limit, x_all: np.ndarray, duration: float, plan: Plan) -> dict[str, Any]:
+    """W1: one request of `plan.rows` rows (labels=3 for all rows), JSON and npy, vs the limit."""
+    rows = plan.rows
+    x = np.resize(x_all, (rows, *plan.shape))
     out: dict[str, Any] = {}
-    for name in LIKELIHOOD:
+    for name in plan.likelihood:
         xs = x[:, None].astype(np.int64)
         lim = timed(lambda name=name, xs=xs: limit.score(name, xs, np.full(rows, 3)), duration)
         body_json = json.dumps({"model": name, "inputs": x.tolist(), "labels": 3}).encode()
@@ -266,11 +316,11 @@ def bulk(server: Server, limit: Limit, x_all: np.ndarray, duration: float) -> di
 
 
 def single_row(
-    server: Server, naive: Server, limit: Limit, x_all: np.ndarray, duration: float
+    server: Server, naive: Server, limit: Limit, x_all: np.ndarray, duration: float, plan: Plan
 ) -> dict[str, Any]:
     """W2: single-row /log-likelihood (labels given), concurrency sweep, vs limit and naive."""
     out: dict[str, Any] = {}
-    for name in LIKELIHOOD:
+    for name in plan.likelihood:
         x1 = x_all[:1]
         body = json.dumps({"model": name, "inputs": x1.tolist(), "labels": 3}).encode()
         x1i = x1[:, None].astype(np.int64)
@@ -282,7 +332,7 @@ def single_row(
             "sweep": {},
         }
         for c in CONCURRENCY:
-            xb = np.resize(x_all, (c, 8, 8))[:, None].astype(np.int64)
+            xb = np.resize(x_all, (c, *plan.shape))[:, None].astype(np.int64)
             lim = timed(lambda name=name, xb=xb, c=c: limit.score(name, xb, np.full(c, 3)), duration / 2)
             g = load(server.port, "/log-likelihood", body, c, duration)
             nv = load(naive.port, "/log-likelihood", body, c, duration)
@@ -325,37 +375,41 @@ def paired_single(
     return res
 
 
-def sampling(server: Server, naive: Server, limit: Limit, duration: float) -> dict[str, Any]:
-    """W3: /sample n=64 per family, concurrency sweep, vs limit and naive."""
+def sampling(server: Server, naive: Server, limit: Limit, duration: float, plan: Plan) -> dict[str, Any]:
+    """W3: /sample of `plan.sample_n` per family, concurrency sweep, vs limit and naive."""
     out: dict[str, Any] = {}
-    n = 64
-    for name in SAMPLERS:
+    n = plan.sample_n
+    for name in plan.samplers:
         body = json.dumps({"model": name, "n": n, "labels": 5, "seed": 1}).encode()
         lim = timed(lambda name=name: limit.sample(name, n, np.full(n, 5)), duration / 2)
         entry: dict[str, Any] = {"limit_samples_per_s": n / float(np.median(lim)), "sweep": {}}
-        for c in CONCURRENCY:
-            if name.startswith("pixelcnn") and c > 16:
-                continue  # 64 concurrent 64-sample PixelCNN loops exceed a sensible bounded run here
+        for c in plan.sample_concurrency(name):
             g = load(server.port, "/sample", body, c, duration)
-            nv = load(naive.port, "/sample", body, c, duration)
+            nv = load(naive.port, "/sample", body, c, duration) if plan.naive_samples(name) else None
             entry["sweep"][c] = {"genserve": g, "naive": nv}
+            naive_rate = "not run" if nv is None else f"{n * nv['throughput_rps']:.0f}"
             say(
                 f"W3 {name} c={c}: genserve {n * g['throughput_rps']:.0f} samples/s, "
-                f"naive {n * nv['throughput_rps']:.0f}; limit {entry['limit_samples_per_s']:.0f}"
+                f"naive {naive_rate}; limit {entry['limit_samples_per_s']:.0f}"
             )
         out[name] = entry
     return out
 
 
-def pixelcnn_fanin(server: Server) -> dict[str, Any]:
-    """W4: 8 concurrent n=8 PixelCNN requests vs one n=64 request (wall time)."""
-    one = json.dumps({"model": "pixelcnn-digits", "n": 64, "labels": 5, "seed": 1}).encode()
-    eight = json.dumps({"model": "pixelcnn-digits", "n": 8, "labels": 5, "seed": 1}).encode()
+def pixelcnn_fanin(server: Server, plan: Plan) -> dict[str, Any]:
+    """W4: 8 concurrent PixelCNN requests of n/8 vs one request of n (wall time). The keys
+    keep the names of the default n = 64."""
+    name, n = f"pixelcnn-{plan.dataset}", plan.sample_n
+    one = json.dumps({"model": name, "n": n, "labels": 5, "seed": 1}).encode()
+    eight = json.dumps({"model": name, "n": n // 8, "labels": 5, "seed": 1}).encode()
     t_one = [load(server.port, "/sample", one, 1, 60, requests=1)["seconds"] for _ in range(5)]
     t_eight = [load(server.port, "/sample", eight, 8, 60, requests=8)["seconds"] for _ in range(5)]
-    res = {"one_n64_s": float(np.median(t_one)), "eight_n8_s": float(np.median(t_eight))}
+    res = {"one_n64_s": float(np.median(t_one)), "eight_n8_s": float(np.median(t_eight)), "n": n}
     res["ratio"] = res["eight_n8_s"] / res["one_n64_s"]
-    say(f"W4: one n=64 {res['one_n64_s']:.3f}s; eight n=8 {res['eight_n8_s']:.3f}s; ratio {res['ratio']:.2f}")
+    say(
+        f"W4: one n={n} {res['one_n64_s']:.3f}s; eight n={n // 8} {res['eight_n8_s']:.3f}s; "
+        f"ratio {res['ratio']:.2f}"
+    )
     return res
 
 
@@ -368,7 +422,7 @@ def render(r: dict[str, Any]) -> str:
     m = r["machine"]
     lines = [f"Machine: {m['cpu']}, {m['cores_available']} cores, onnxruntime {m['onnxruntime']}", ""]
     if "W1" in r:
-        lines += ["W1 bulk scoring, one 10,000-row request", ""]
+        lines += [f"W1 bulk scoring, one {r.get('rows', 10_000):,}-row request", ""]
         lines += [
             _row(["model", "limit rows/s", "npy rows/s (ratio)", "JSON rows/s (ratio)"]),
             _row(["---"] * 4),
@@ -424,7 +478,8 @@ def render(r: dict[str, Any]) -> str:
             "naive samples/s",
             "limit samples/s",
         ]
-        lines += ["W3 /sample n=64", "", _row(head), _row(["---"] * len(head))]
+        n = r.get("sample_n", 64)
+        lines += [f"W3 /sample n={n}", "", _row(head), _row(["---"] * len(head))]
         for name, e in r["W3"].items():
             for c, s in e["sweep"].items():
                 g, nv = s["genserve"], s["naive"]
@@ -432,17 +487,18 @@ def render(r: dict[str, Any]) -> str:
                 cells = [
                     name,
                     c,
-                    f"{64 * g['throughput_rps']:.0f}",
+                    f"{n * g['throughput_rps']:.0f}",
                     lat,
                     g["errors"],
-                    f"{64 * nv['throughput_rps']:.0f}",
+                    "not run" if nv is None else f"{n * nv['throughput_rps']:.0f}",
                 ]
                 lines.append(_row([*cells, f"{e['limit_samples_per_s']:.0f}"]))
         lines.append("")
     if "W4" in r:
         w = r["W4"]
+        n = w.get("n", 64)
         lines.append(
-            f"W4 PixelCNN: one n=64 request {w['one_n64_s']:.3f} s; 8 concurrent n=8 requests "
+            f"W4 PixelCNN: one n={n} request {w['one_n64_s']:.3f} s; 8 concurrent n={n // 8} requests "
             f"{w['eight_n8_s']:.3f} s; ratio {w['ratio']:.2f}"
         )
     return "\n".join(lines)
