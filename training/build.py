@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -94,6 +94,18 @@ def _versions() -> dict[str, str]:
         "genserve": service.__version__,
         "python": platform.python_version(),
     }
+
+
+def served_backend_for(
+    training_device: str,
+) -> tuple[Literal["onnxruntime", "torchscript"], Literal["cpu", "cuda"]]:
+    """The backend that draws a build's samples and calibrates it through the exported
+    graphs: ONNX Runtime on the CPU (what the service runs by default), but TorchScript on
+    CUDA for a model trained on a GPU, where the sampling choice's thousands of denoiser or
+    PixelCNN passes on one CPU thread would take longer than the training did."""
+    if training_device.startswith("cuda"):
+        return "torchscript", "cuda"
+    return "onnxruntime", "cpu"
 
 
 def training_fields(
@@ -199,7 +211,12 @@ def publish_model(
                 "files": [e.model_dump() for e in stage.file_entries()],
             }
         )
-        backend = open_backend(provisional.graphs, stage.path, "onnxruntime", "cpu", torch.get_num_threads())
+        backend = open_backend(
+            provisional.graphs,
+            stage.path,
+            *served_backend_for(str(rec.get("device", "cpu"))),
+            torch.get_num_threads(),
+        )
         engine = build_engine(provisional, inline_caller(backend))
 
         def served_samples(

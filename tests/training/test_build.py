@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 import torch
 from rich.console import Console
 
@@ -13,7 +14,7 @@ from service.config import Settings
 from service.store import ModelStore
 from tests.conftest import TINY_EVAL, TINY_TRAINING, TINY_ZOO
 from tests.service.asgi import Client
-from training.build import build_store
+from training.build import build_store, served_backend_for
 from training.build_jobs import cost_rank
 from training.evaluate import EvalSettings
 
@@ -123,3 +124,11 @@ def test_a_model_that_ran_its_course_carries_no_warning(tmp_path: Path) -> None:
     assert training.time_limit_minutes is None and training.cut_short_warning() is None
     listing = genserve("store", "list", "--store", str(tmp_path / "store"), cwd=tmp_path)
     assert "CUT SHORT" not in listing.stdout and "WARNING" not in listing.stdout
+
+
+@pytest.mark.parametrize(
+    ("device", "expected"),
+    [("cpu", ("onnxruntime", "cpu")), ("cuda", ("torchscript", "cuda")), ("cuda:0", ("torchscript", "cuda"))],
+)
+def test_a_gpu_trained_model_is_evaluated_through_its_graphs_on_the_gpu(device, expected):
+    assert served_backend_for(device) == expected
