@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from service.engine import build_engine, inline_caller
-from service.manifest import Manifest
+from service.manifest import Manifest, TensorSpec
 from service.runtime import open_backend
-from training.export import EagerBackend, ExportError, export_graphs, graph_defs
+from training.export import EagerBackend, ExportError, export_graphs, graph_defs, parity_gap
+from training.graphdef import GraphDef
 
 from ..tiny import CASES, SPEC, batch, make, steps
 
@@ -151,3 +152,31 @@ def test_graph_signatures_follow_the_design() -> None:
         assert {g.name for g in defs} == names
         for g in defs:
             assert g.inputs[1].name == "y" and g.inputs[1].dtype == "int64"
+
+
+def test_value_parity_is_relative_to_the_tensors_scale() -> None:
+    # A deep flow's latents reach |z| ~ 10 and float32 layers err in proportion: 1e-4 at an
+    # element near 0 is 1e-5 of the tensor's scale. On unit-scale tensors it stays absolute.
+    spec = TensorSpec(name="z", dtype="float32", shape=["batch", 4])
+    g = GraphDef(name="forward", description="", module=torch.nn.Identity(), inputs=[], outputs=[spec])
+    z = torch.tensor([[10.0, -3.0, 0.01, 0.5]], dtype=torch.float64)
+    assert parity_gap(g, (z,), [z + torch.tensor([0.0, 0.0, 1e-4, 0.0])]) == pytest.approx(1e-5)
+    assert parity_gap(g, (z,), [z + torch.tensor([0.0, 0.0, 2e-2, 0.0])]) == pytest.approx(2e-3)
+    small = torch.tensor([[0.5, -0.2]], dtype=torch.float64)
+    assert parity_gap(g, (small,), [small + 2e-4]) == pytest.approx(2e-4)
+    assert parity_gap(g, (z,), [torch.full_like(z, float("nan"))]) == float("inf")
+
+
+def test_likelihood_parity_is_relative_per_row() -> None:
+    spec = TensorSpec(name="log_prob", dtype="float32", shape=["batch"])
+    g = GraphDef(
+        name="log_prob",
+        description="",
+        module=torch.nn.Identity(),
+        inputs=[],
+        outputs=[spec],
+        likelihood_outputs=("log_prob",),
+    )
+    lp = torch.tensor([-1285.0, -0.5], dtype=torch.float64)
+    assert parity_gap(g, (lp,), [lp + torch.tensor([1.285e-3, 0.0])]) == pytest.approx(1e-6)
+    assert parity_gap(g, (lp,), [lp + torch.tensor([0.0, 2e-4])]) == pytest.approx(2e-4)
