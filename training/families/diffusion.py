@@ -47,8 +47,12 @@ class DiffusionConfig(FamilyConfig):
     embedding: int = Field(64, ge=4)
     dropout: float = Field(0.1, ge=0.0, lt=1.0)
     # The schedule's ends, as γ = -log SNR. γ_min leaves σ_0/α_0 a small fraction of the
-    # levels' spacing (2/(K-1)), so the decoder is almost certain; γ_max makes z_1 ≈ noise.
-    gamma_min: float = -8.0
+    # levels' spacing (2/(K-1)), so the decoder is almost certain: None derives it from the
+    # data's levels (level_gamma_min): -8 at digits' 17 levels, -13.5 at 256 (VDM used -13.3
+    # on 8-bit images). The first 28×28 run kept -8 at 256 levels, where σ_0/α_0 is 2.3
+    # level spacings: the decoder alone then costs about 2 bits/dim and the bound stalled
+    # at 2.84 (docs/results.md). γ_max makes z_1 ≈ noise.
+    gamma_min: float | None = None
     gamma_max: float = 6.0
     label_dropout: float = Field(0.1, ge=0.0, lt=1.0)  # share of labels trained as "null"
     augment_transforms: bool = True  # condition on a data transform (distribution augmentation)
@@ -173,6 +177,12 @@ class UNet(nn.Module):
         return self.out(F.silu(self.out_norm(h)))
 
 
+def level_gamma_min(levels: int) -> float:
+    """γ_min for K levels: σ_0/α_0 the same share (about 0.15) of the spacing 2/(K-1) as
+    γ_min = -8 gives at 17 levels."""
+    return -8.0 + 2.0 * math.log(16.0 / (levels - 1))
+
+
 class DiffusionModel(GenerativeModel):
     """(Conditional) variational diffusion model; likelihood by its variational bound."""
 
@@ -181,13 +191,14 @@ class DiffusionModel(GenerativeModel):
 
     def __init__(self, spec: DatasetSpec, conditional: bool, config: DiffusionConfig) -> None:
         super().__init__(spec, conditional, config)
+        self.gamma_min = level_gamma_min(spec.levels) if config.gamma_min is None else config.gamma_min
         self.cfg = config
         self.net = UNet(spec, config, self.num_classes, self.transform_count)
 
     # --- the schedule -----------------------------------------------------------------
     def gamma(self, t: Tensor) -> Tensor:
         """-log SNR at time t (any shape)."""
-        return self.cfg.gamma_min + (self.cfg.gamma_max - self.cfg.gamma_min) * t
+        return self.gamma_min + (self.cfg.gamma_max - self.gamma_min) * t
 
     @property
     def null_label(self) -> int:
@@ -236,12 +247,12 @@ class DiffusionModel(GenerativeModel):
         g = self.gamma(t)[:, None, None, None]
         z = torch.sqrt(torch.sigmoid(-g)) * xs + torch.sqrt(torch.sigmoid(g)) * eps
         err = sum_except_batch((eps - self.denoise(z, t, y, aug)) ** 2)
-        diffusion = 0.5 * (self.cfg.gamma_max - self.cfg.gamma_min) * err
+        diffusion = 0.5 * (self.cfg.gamma_max - self.gamma_min) * err
         return prior + recon + diffusion
 
     def decoder_log_prob(self, x: Tensor, xs: Tensor, eps0: Tensor) -> Tensor:
         """log p(x | z_0) for z_0 = α_0 x + σ_0 ε_0: [B]."""
-        g0 = torch.tensor(self.cfg.gamma_min)
+        g0 = torch.tensor(self.gamma_min)
         alpha0, sigma0 = torch.sqrt(torch.sigmoid(-g0)), torch.sqrt(torch.sigmoid(g0))
         z0 = alpha0 * xs + sigma0 * eps0
         logp = self.level_log_probs(z0)  # [B, C, H, W, K]
@@ -249,7 +260,7 @@ class DiffusionModel(GenerativeModel):
 
     def level_log_probs(self, z0: Tensor) -> Tensor:
         """The decoder's log p(level | z_0) per pixel: [B, C, H, W] -> [B, C, H, W, K]."""
-        g0 = self.cfg.gamma_min
+        g0 = self.gamma_min
         scale = math.sqrt(math.exp(g0))  # σ_0 / α_0
         centers = torch.linspace(-1.0, 1.0, self.spec.levels, device=z0.device)
         alpha0 = math.sqrt(1.0 / (1.0 + math.exp(g0)))
@@ -353,7 +364,7 @@ class DiffusionModel(GenerativeModel):
     def export_info(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "schedule": {"kind": "linear-log-snr", "gamma_min": c.gamma_min, "gamma_max": c.gamma_max},
+            "schedule": {"kind": "linear-log-snr", "gamma_min": self.gamma_min, "gamma_max": c.gamma_max},
             "parametrization": (
                 "eps"
                 if c.output == "eps"
