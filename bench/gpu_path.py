@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from bench.serving import Server, load, machine
+from bench.serving import Server, load, machine, timed
 from service.batching import direct_caller
 from service.config import Settings
 from service.engine import build_engine
@@ -50,13 +50,7 @@ LIKELIHOOD_FAMILIES = ("flow", "vae", "pixelcnn", "diffusion")
 def measure(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> list[float]:
     """Wall times (s) of calls to fn after one warm-up call (CUDA kernels load lazily)."""
     fn()
-    times: list[float] = []
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds or len(times) < min_runs:
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return times
+    return timed(fn, seconds, min_runs)
 
 
 def configurations() -> list[tuple[str, str]]:
