@@ -36,7 +36,13 @@ from service.batching import direct_caller
 from service.config import Settings
 from service.engine import build_engine
 from service.resources import thread_layout
-from service.runtime import load_backend, onnx_cuda_available, torch_cuda_available
+from service.runtime import (
+    BackendName,
+    DeviceRequest,
+    load_backend,
+    onnx_cuda_available,
+    torch_cuda_available,
+)
 from service.store import ModelStore
 from training.data import load_dataset
 
@@ -53,9 +59,9 @@ def measure(fn: Callable[[], object], seconds: float, min_runs: int = 3) -> list
     return timed(fn, seconds, min_runs)
 
 
-def configurations() -> list[tuple[str, str]]:
+def configurations() -> list[tuple[BackendName, DeviceRequest]]:
     """(backend, device) pairs this machine can run."""
-    configs = [("onnxruntime", "cpu"), ("torchscript", "cpu")]
+    configs: list[tuple[BackendName, DeviceRequest]] = [("onnxruntime", "cpu"), ("torchscript", "cpu")]
     if onnx_cuda_available():
         configs.append(("onnxruntime", "cuda"))
     if torch_cuda_available():
@@ -124,7 +130,7 @@ def in_process(store: ModelStore, dataset: str, seconds: float) -> dict[str, Any
             version = store.open(name)
             family = version.manifest.family
             # The server's layout: on the CPU, ONNX Runtime cuts a batch into a part per lane.
-            backend = load_backend(version, backend_name, device, threads, lanes)  # type: ignore[arg-type]
+            backend = load_backend(version, backend_name, device, threads, lanes)
             pool = ThreadPoolExecutor(backend.lanes) if backend.lanes > 1 else None
             engine = build_engine(version.manifest, direct_caller(backend, lanes=pool))
             samples = int(version.manifest.family_info.get("default_samples", 1) or 1)

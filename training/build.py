@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +23,7 @@ import service
 from service.engine import SamplerOptions, build_engine, inline_caller, noise_rng
 from service.manifest import SCHEMA_VERSION, DatasetSpec, Manifest, VectorSpec
 from service.resources import available_cores
-from service.runtime import open_backend
+from service.runtime import BackendName, DeviceRequest, open_backend
 from service.store import IntegrityError, ModelStore, ModelVersion, StoreError
 
 from .build_jobs import BuildJob, BuildOutcome, run_jobs
@@ -96,9 +96,7 @@ def _versions() -> dict[str, str]:
     }
 
 
-def served_backend_for(
-    training_device: str,
-) -> tuple[Literal["onnxruntime", "torchscript"], Literal["cpu", "cuda"]]:
+def served_backend_for(training_device: str) -> tuple[BackendName, DeviceRequest]:
     """The backend that draws a build's samples and calibrates it through the exported
     graphs: ONNX Runtime on the CPU (what the service runs by default), but TorchScript on
     CUDA for a model trained on a GPU, where the sampling choice's thousands of denoiser or

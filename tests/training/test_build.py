@@ -130,5 +130,7 @@ def test_a_model_that_ran_its_course_carries_no_warning(tmp_path: Path) -> None:
     ("device", "expected"),
     [("cpu", ("onnxruntime", "cpu")), ("cuda", ("torchscript", "cuda")), ("cuda:0", ("torchscript", "cuda"))],
 )
-def test_a_gpu_trained_model_is_evaluated_through_its_graphs_on_the_gpu(device, expected):
+def test_a_gpu_trained_model_is_evaluated_through_its_graphs_on_the_gpu(
+    device: str, expected: tuple[str, str]
+) -> None:
     assert served_backend_for(device) == expected
